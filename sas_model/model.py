@@ -1,0 +1,117 @@
+"""``SASModel``: the conditional mask-diffusion model (UNet + noise schedule + loss).
+
+``forward`` returns ``(loss, logs)`` so DDP can wrap the whole model; samplers and the segmenter
+use ``condition`` once per layer and ``predict_x0`` once per denoising step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sas_model.config import ModelConfig
+from sas_model.diffusion import diffusion_loss, sample_timesteps, x0_from_output
+from sas_model.schedules import NoiseSchedule
+from sas_model.unet import UNet
+
+
+def normalise_image(image: torch.Tensor) -> torch.Tensor:
+    """``uint8 [B,H,W,3]`` / ``[B,3,H,W]`` → float ``[B,3,H,W]`` in [-1, 1].
+
+    Float input is taken as already normalised to [-1, 1] (only the layout is fixed).
+    """
+    if image.ndim != 4 or 3 not in (image.shape[1], image.shape[-1]):
+        raise ValueError(f"image must be [B,H,W,3] or [B,3,H,W], got shape {tuple(image.shape)}")
+    if image.shape[1] != 3:
+        image = image.permute(0, 3, 1, 2)
+    if image.dtype == torch.uint8:
+        return image.float() / 127.5 - 1.0
+    return image.float()
+
+
+def mask_to_unit(mask: torch.Tensor) -> torch.Tensor:
+    """Mask ``[B,H,W]`` (bool or 0/1, soft values allowed) → float ``[B,1,H,W]`` in [-1, 1]."""
+    return mask.float().clamp(0, 1).unsqueeze(1) * 2 - 1
+
+
+class SASModel(nn.Module):
+    """Denoises the layer mask ``M_k`` given the image and the cumulative mask ``C_k``.
+
+    UNet input channels: RGB (3) + ``C_k`` (1) + ``x_t`` (1) [+ previous x0 estimate (1) when
+    ``unet.self_condition``]; output: 1 channel interpreted per ``diffusion.prediction_type``.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.schedule = NoiseSchedule(cfg.diffusion)
+        self.self_condition = cfg.unet.self_condition
+        self.unet = UNet(cfg.unet, cfg.image_size, in_channels=5 + int(self.self_condition))
+
+    @property
+    def mask_scale(self) -> float:
+        return self.cfg.diffusion.mask_scale
+
+    @property
+    def deterministic(self) -> bool:
+        return self.cfg.diffusion.mode == "deterministic"
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def condition(self, image: torch.Tensor, cumulative_mask: torch.Tensor) -> torch.Tensor:
+        """Clean conditioning channels ``[B,4,H,W]``: RGB in [-1,1] and ``C_k`` in {-1,1} (0 if ablated)."""
+        device = self.schedule.betas.device
+        rgb = normalise_image(image.to(device))
+        cmask = mask_to_unit(cumulative_mask.to(device))
+        if not self.cfg.diffusion.use_cumulative_mask:
+            cmask = torch.zeros_like(cmask)
+        if rgb.shape[-2:] != cmask.shape[-2:]:
+            raise ValueError(
+                f"image {tuple(rgb.shape[-2:])} and cumulative mask {tuple(cmask.shape[-2:])} differ in size"
+            )
+        return torch.cat([rgb, cmask], dim=1)
+
+    def model_output(
+        self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Raw UNet output ``[B,1,H,W]`` for ``cond [B,4,H,W]``, ``x_t [B,1,H,W]``, ``t long[B]``."""
+        if self.deterministic:  # the baseline: no noisy input, a constant timestep
+            x_t = torch.zeros_like(x_t)
+            t = torch.full_like(t, self.cfg.diffusion.num_timesteps - 1)
+        parts = [cond, x_t.to(cond.dtype)]
+        if self.self_condition:
+            parts.append(torch.zeros_like(x_t) if self_cond is None or self.deterministic else self_cond)
+        return self.unet(torch.cat(parts, dim=1), t)
+
+    def predict_x0(
+        self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Clean-mask estimate ``[B,1,H,W]`` in ``[-s, s]`` (what every sampler consumes)."""
+        output = self.model_output(cond, x_t, t, self_cond)
+        return x0_from_output(self.schedule, self.cfg.diffusion, output.float(), x_t.float(), t)
+
+    def forward(
+        self, image: torch.Tensor, cumulative_mask: torch.Tensor, layer_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss for a batch of layer samples.
+
+        ``image`` uint8 ``[B,H,W,3]`` or ``[B,3,H,W]``; ``cumulative_mask``, ``layer_mask`` ``[B,H,W]``
+        (bool or 0/1). Returns ``(loss scalar, {"loss", "mse", "bce", "dice"} floats)``.
+        """
+        cfg = self.cfg.diffusion
+        cond = self.condition(image, cumulative_mask)
+        x0 = mask_to_unit(layer_mask.to(cond.device)) * cfg.mask_scale
+        t = sample_timesteps(cfg, x0.shape[0], x0.device)
+        noise = torch.randn_like(x0)
+        x_t = self.schedule.q_sample(x0, t, noise)
+        self_cond = None
+        if self.self_condition and not self.deterministic and torch.rand(()) < cfg.self_cond_prob:
+            with torch.no_grad():  # Chen et al. 2022 ("Analog Bits"): condition on our own estimate
+                self_cond = self.predict_x0(cond, x_t, t).to(cond.dtype).detach()
+        output = self.model_output(cond, x_t, t, self_cond)
+        terms = diffusion_loss(self.schedule, cfg, output, x0, x_t, t, noise)
+        logs = {name: float(value.detach()) for name, value in terms._asdict().items()}
+        logs["loss"] = logs.pop("total")
+        return terms.total, logs

@@ -1,0 +1,78 @@
+"""Pictures of a segmentation: layers tinted over the image, uncertainty as a heat map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sas_model.codec import encode_png
+
+LAYER_COLOURS = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+    ],
+    dtype=np.float32,
+)
+
+
+def tint_layers(image: np.ndarray, layer_masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """``image uint8[H,W,3]`` with each layer of ``bool[L,H,W]`` tinted (front layer drawn last, on top)."""
+    out = image.astype(np.float32)
+    for k in range(layer_masks.shape[0] - 1, -1, -1):
+        mask = layer_masks[k].astype(bool)
+        out[mask] = (1 - alpha) * out[mask] + alpha * LAYER_COLOURS[k % len(LAYER_COLOURS)]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def heat_map(values: np.ndarray) -> np.ndarray:
+    """``float[H,W]`` in [0, 1] → ``uint8[H,W,3]``, black → red → yellow → white."""
+    v = np.clip(values, 0, 1)[..., None]
+    ramp = np.concatenate([np.clip(3 * v, 0, 1), np.clip(3 * v - 1, 0, 1), np.clip(3 * v - 2, 0, 1)], axis=-1)
+    return (255 * ramp).astype(np.uint8)
+
+
+def render_overlay(
+    image: np.ndarray,
+    layer_masks: np.ndarray,
+    uncertainty: np.ndarray,
+    outlines: list[np.ndarray] | None = None,
+    gap: int = 2,
+) -> np.ndarray:
+    """Side-by-side ``uint8 [H, 2W + gap, 3]``: left, layers tinted over the image (object outlines in
+    white); right, the per-pixel ensemble variance (max over layers, scaled so 0.25 = white) over a dimmed
+    greyscale image."""
+    h, w = image.shape[:2]
+    left = tint_layers(image, layer_masks)
+    for mask in outlines or []:
+        edge = mask & ~_erode(mask)
+        left[edge] = 255
+    grey = image.astype(np.float32).mean(-1, keepdims=True) * 0.35
+    unc = uncertainty.max(0) / 0.25 if len(uncertainty) else np.zeros((h, w), np.float32)
+    heat = heat_map(unc).astype(np.float32)
+    right = np.where(unc[..., None] > 0, 0.3 * grey + 0.7 * heat, grey).clip(0, 255).astype(np.uint8)
+    canvas = np.full((h, 2 * w + gap, 3), 255, dtype=np.uint8)
+    canvas[:, :w], canvas[:, w + gap :] = left, right
+    return canvas
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    padded = np.pad(mask, 1)
+    out = np.ones_like(mask)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out &= padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]]
+    return out
+
+
+def save_png(path: str | Path, picture: np.ndarray) -> Path:
+    path = Path(path)
+    path.write_bytes(encode_png(picture))
+    return path

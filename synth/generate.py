@@ -1,0 +1,326 @@
+"""Generate synthetic occlusion scenes into Parquet shards with a Ray Data job.
+
+    python synth/generate.py --n 1e5 --out data/synth64 [--size 64] [--seed 0] [--min-objects 2]
+        [--max-objects 8] [--min-visible 0.1] [--shard-size N] [--overwrite] [--s3-endpoint URL]
+
+``--out`` is a local folder or ``s3://bucket/prefix`` (endpoint from ``--s3-endpoint`` or
+``AWS_ENDPOINT_URL``; credentials from the standard AWS environment). Ray is embedded
+(``ray.init`` on this machine) unless ``RAY_ADDRESS`` is set or the script runs under
+``ray job submit``. Each Ray Data task renders one shard (a contiguous range of scene ids) and
+publishes it atomically; rerunning the same command skips finished shards, so an interrupted run
+completes to the same content. ``manifest.json`` is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":  # run as a script: import the package from the repo root, not synth/
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path[0] = str(_REPO_ROOT)
+    elif str(_REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(_REPO_ROOT))
+
+from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem  # noqa: E402
+from synth.render import RenderConfig  # noqa: E402
+from synth.shards import TMP_DIR, JobConfig, empty_stats, merge_stats, read_shard_stats, shard_name  # noqa: E402
+
+MAX_DEFAULT_SHARD_SIZE = 5000
+
+
+def default_shard_size(n: int) -> int:
+    """n/16 clamped to 250..5000: enough shards to keep every worker busy, few enough files.
+
+    Depends on n only (not on this machine's cores), so the same command always resumes.
+    """
+    return min(MAX_DEFAULT_SHARD_SIZE, max(250, -(-n // 16)))
+
+
+class UserError(Exception):
+    """Bad input or environment; reported as one line and exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, no usage block
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_count(text: str) -> int:
+    """``1e5``, ``100000`` or ``100_000`` -> 100000; anything else (or < 1) is an error."""
+    problem = f"--n expects a positive whole number like 1e5 or 100_000, got {text!r}"
+    digits = text.replace("_", "")
+    try:
+        value = float(digits) if any(c in digits for c in ".eE") else int(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(problem) from None
+    if value != int(value) or value < 1:
+        raise argparse.ArgumentTypeError(problem)
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="synth/generate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=parse_count, required=True, help="number of scenes (1e5, 100000, 100_000)")
+    p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
+    p.add_argument(
+        "--size", type=int, default=64, help="image side in pixels: a multiple of 16 from 32 to 512"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-objects", type=int, default=2)
+    p.add_argument("--max-objects", type=int, default=8)
+    p.add_argument("--min-visible", type=float, default=0.10, help="min visible fraction of each object")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=None,
+        help="scenes per Parquet shard (default: n/16 within 250..5000)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset in --out")
+    p.add_argument("--s3-endpoint", default=None, help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
+    return p
+
+
+def job_from_args(args: argparse.Namespace) -> JobConfig:
+    render = RenderConfig(
+        size=args.size,
+        min_objects=args.min_objects,
+        max_objects=args.max_objects,
+        min_visible=args.min_visible,
+    )
+    try:
+        render.validate()
+    except ValueError as exc:
+        raise UserError(f"{exc}") from None
+    shard_size = default_shard_size(args.n) if args.shard_size is None else args.shard_size
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be >= 0, got {args.seed}")
+    return JobConfig(n=args.n, seed=args.seed, shard_size=min(shard_size, args.n), render=render)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bool) -> dict[int, dict]:
+    """Check/clean the output location; return stats of shards already complete for this config."""
+    from pyarrow import fs
+
+    try:
+        filesystem, root = open_filesystem(out, endpoint, create_bucket=True)
+        info = filesystem.get_file_info(root)
+        if info.type == fs.FileType.File:
+            raise UserError(f"--out {out} is a file; give a folder or s3://bucket/prefix")
+        entries = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
+        raise UserError(f"cannot access {out}: {_one_line(exc)}") from None
+    names = {e.base_name: e for e in entries}
+    ours = [n for n in names if SHARD_PATTERN.match(n) or n in (MANIFEST_NAME, TMP_DIR)]
+    foreign = sorted(set(names) - set(ours))
+    if foreign and not overwrite:
+        raise UserError(
+            f"{out} is not empty and holds no dataset of this generator ({foreign[0]}, ...): "
+            "choose an empty --out, or pass --overwrite"
+        )
+    if overwrite:
+        for name in ours:
+            path = _join(root, name)
+            if names[name].type == fs.FileType.Directory:
+                filesystem.delete_dir(path)
+            else:
+                filesystem.delete_file(path)
+        names = {}
+    elif MANIFEST_NAME in names:
+        with filesystem.open_input_stream(_join(root, MANIFEST_NAME)) as stream:
+            try:
+                previous = json.loads(stream.read().decode()).get("config")
+            except ValueError:
+                previous = None
+        if previous != job.to_dict():
+            raise UserError(
+                f"{out} holds a dataset generated with another config: "
+                "rerun with the same arguments to resume, or pass --overwrite"
+            )
+    # Writable? (also creates the folder or bucket)
+    try:
+        filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
+        probe = _join(root, f"{TMP_DIR}/.write-probe-{os.getpid()}")
+        with filesystem.open_output_stream(probe) as stream:
+            stream.write(b"ok")
+        filesystem.delete_file(probe)
+        for entry in filesystem.get_file_info(fs.FileSelector(_join(root, TMP_DIR))):
+            filesystem.delete_file(entry.path)  # leftovers of an interrupted run
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot write to {out}: {_one_line(exc)}") from None
+    done: dict[int, dict] = {}
+    for index in range(job.num_shards):
+        name = shard_name(index)
+        if name not in names:
+            continue
+        try:
+            stats = read_shard_stats(filesystem, _join(root, name), job, index)
+        except ValueError as exc:
+            raise UserError(f"{out}: {exc}: rerun with the same arguments, or pass --overwrite") from None
+        if stats is not None:
+            done[index] = stats
+    extra = [
+        n for n in names if SHARD_PATTERN.match(n) and int(SHARD_PATTERN.match(n).group(1)) >= job.num_shards
+    ]
+    if extra:
+        raise UserError(
+            f"{out} holds {extra[0]}, beyond this config's {job.num_shards} shards: pass --overwrite"
+        )
+    return done
+
+
+def init_ray() -> None:
+    """Embedded local Ray (all cores) unless RAY_ADDRESS / a Ray job points at a cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH")) if p
+    )
+    kwargs = {"logging_level": "WARNING", "log_to_driver": True}
+    if os.environ.get("RAY_ADDRESS") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
+            kwargs["runtime_env"] = {"py_modules": [str(_REPO_ROOT / "synth")]}
+        ray.init(**kwargs)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private local cluster: no token files
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+
+
+def run_job(out: str, endpoint: str | None, job: JobConfig, todo: list[int], on_shard) -> None:
+    """Ray Data: one task per shard to do; ``on_shard(stats)`` is called as each finishes."""
+    import ray.data
+
+    from synth.shards import write_shard
+
+    def render_shards(batch: dict) -> dict:
+        stats = [write_shard(out, endpoint, job, todo[int(k)]) for k in batch["id"]]
+        return {"stats": [json.dumps(s) for s in stats]}
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    dataset = ray.data.range(len(todo), override_num_blocks=len(todo))
+    dataset = dataset.map_batches(render_shards, batch_size=1, num_cpus=1)
+    for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+        for item in batch["stats"]:
+            on_shard(json.loads(item))
+
+
+def write_manifest(out: str, endpoint: str | None, job: JobConfig, shard_stats: dict[int, dict]) -> str:
+    """Write ``manifest.json`` atomically (temp object, then move); return its path/URI."""
+    filesystem, root = open_filesystem(out, endpoint)
+    total = empty_stats()
+    for index in sorted(shard_stats):
+        merge_stats(total, shard_stats[index])
+    shards = [
+        {
+            "file": shard_name(i),
+            "num_scenes": shard_stats[i]["num_scenes"],
+            "first_scene_id": job.shard_range(i)[0],
+            "end_scene_id": job.shard_range(i)[1],
+        }
+        for i in sorted(shard_stats)
+    ]
+    manifest = {
+        "schema_version": job.to_dict()["schema_version"],
+        "config": job.to_dict(),
+        "num_scenes": total["num_scenes"],
+        "counts": {split: total["splits"].get(split, 0) for split in ("train", "val", "test")},
+        "layer_histogram": total["layers"],
+        "num_layers_histogram": total["num_layers"],
+        "objects_per_scene_histogram": total["objects"],
+        "shards": shards,
+    }
+    tmp = _join(root, f"{TMP_DIR}/{MANIFEST_NAME}.{os.getpid()}")
+    with filesystem.open_output_stream(tmp) as stream:
+        stream.write(json.dumps(manifest, indent=2).encode())
+    filesystem.move(tmp, _join(root, MANIFEST_NAME))
+    try:
+        filesystem.delete_dir(_join(root, TMP_DIR))
+    except OSError:
+        pass
+    return (
+        out.rstrip("/") + "/" + MANIFEST_NAME if out.startswith("s3://") else str(Path(root) / MANIFEST_NAME)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")  # our own progress lines replace Ray Data's
+    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+    started = time.perf_counter()
+    try:
+        args = build_parser().parse_args(argv)
+        job = job_from_args(args)
+        endpoint = args.s3_endpoint
+        done = prepare_output(args.out, endpoint, job, args.overwrite)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    todo = [i for i in range(job.num_shards) if i not in done]
+    print(
+        f"[generate] {job.n} scenes at {job.render.size}x{job.render.size} in {job.num_shards} shards "
+        f"-> {args.out} ({len(done)} shards already complete, {len(todo)} to render)",
+        flush=True,
+    )
+    stats = dict(done)
+    if todo:
+        init_ray()
+        job_start = time.perf_counter()
+        rendered = 0
+
+        def on_shard(shard: dict) -> None:
+            nonlocal rendered
+            index = int(shard["file"][len("shard-") : -len(".parquet")])
+            stats[index] = shard
+            rendered += shard["num_scenes"]
+            elapsed = time.perf_counter() - job_start
+            print(
+                f"[generate] {len(stats)}/{job.num_shards} shards, {rendered} scenes rendered "
+                f"({rendered / max(elapsed, 1e-9):.0f} scenes/s)",
+                flush=True,
+            )
+
+        try:
+            run_job(args.out, endpoint, job, todo, on_shard)
+        except KeyboardInterrupt:
+            print(
+                "error: interrupted; finished shards are kept, rerun the same command to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 130
+        except Exception as exc:  # noqa: BLE001 - a worker failure: one line, finished shards kept
+            print(
+                f"error: generation failed ({_one_line(exc)}); rerun the same command to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1
+    manifest_path = write_manifest(args.out, endpoint, job, stats)
+    elapsed = time.perf_counter() - started
+    rendered_now = sum(stats[i]["num_scenes"] for i in todo)
+    print(
+        f"[generate] done: {job.n} scenes, {rendered_now} rendered now in {elapsed:.1f} s "
+        f"({rendered_now / elapsed:.0f} scenes/s incl. start-up); manifest: {manifest_path}",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
