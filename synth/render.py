@@ -99,6 +99,8 @@ def _shape_distance(ou: np.ndarray, su: np.ndarray, size: int) -> np.ndarray:
 
 def _count_pixels(masks: np.ndarray) -> np.ndarray:
     """int64[O] number of True pixels of bool[O, H, W] (popcount of the 0/1 bytes, 8 at a time)."""
+    if not hasattr(np, "bitwise_count"):  # numpy < 2.0
+        return np.count_nonzero(masks.reshape(len(masks), -1), axis=1).astype(np.int64)
     words = np.ascontiguousarray(masks).reshape(len(masks), -1).view(np.uint64)
     return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
 
