@@ -19,3 +19,7 @@ for _key, _value in _ENV_DEFAULTS.items():
     os.environ.setdefault(_key, _value)
 # Ray writes its session files under RAY_TMPDIR; keep them out of /tmp/ray shared with others.
 os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sas-ray-"))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long end-to-end test (Ray/MLflow services); still runs in CI")

@@ -1,0 +1,145 @@
+"""Driver-side bookkeeping of a training run: resume compatibility, MLflow params/status, error text.
+
+A run lives in ``<storage>/<name>/`` (Ray Train's run directory). Next to Ray's own files the driver
+keeps ``sas_run.json`` with the model config the run was started with; a rerun whose model
+architecture differs is refused with a one-line error before anything is touched, so saved
+checkpoints are never overwritten by an incompatible model. Training-schedule fields (``train.*``,
+``sampler.*``) and the config's ``name`` may change between reruns, e.g. more steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.common import UserError, flatten_dict
+
+RUN_CONFIG_FILE = "sas_run.json"
+RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+MUTABLE_SECTIONS = ("name", "train", "sampler")
+
+
+def run_dir(storage: str, name: str) -> str:
+    return f"{storage.rstrip('/')}/{name}" if "://" in storage else str(Path(storage) / name)
+
+
+def _filesystem(path: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    if "://" in path:
+        from synth.reader import open_filesystem
+
+        return open_filesystem(path)
+    return fs.LocalFileSystem(), path
+
+
+def _read_text(path: str) -> str | None:
+    from pyarrow import fs
+
+    filesystem, inner = _filesystem(path)
+    if filesystem.get_file_info(inner).type != fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read().decode()
+
+
+def _write_text(path: str, text: str) -> None:
+    filesystem, inner = _filesystem(path)
+    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(inner) as stream:
+        stream.write(text.encode())
+
+
+def architecture(config: dict[str, Any]) -> dict[str, Any]:
+    """The config fields a checkpoint's tensors depend on (all but the training/sampling schedule)."""
+    normalised = json.loads(json.dumps(config))  # tuples and lists compare equal
+    return flatten_dict({k: v for k, v in normalised.items() if k not in MUTABLE_SECTIONS})
+
+
+def check_compatible(directory: str, cfg: Any) -> bool:
+    """Return True if ``directory`` holds a run to resume; raise ``UserError`` if its model differs."""
+    saved = _read_text(f"{directory}/{RUN_CONFIG_FILE}")
+    has_snapshot = _read_text(f"{directory}/{RAY_SNAPSHOT_FILE}") is not None
+    if saved is None:
+        return has_snapshot
+    before = architecture(json.loads(saved)["model_config"])
+    after = architecture(cfg.to_dict())
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        first = changed[0]
+        raise UserError(
+            f"cannot resume run {directory}: its model config differs ({first}: {before.get(first)!r} -> "
+            f"{after.get(first)!r}{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
+            "use another --name or --storage for a new run"
+        )
+    return has_snapshot
+
+
+def save_run_config(directory: str, cfg: Any) -> None:
+    if _read_text(f"{directory}/{RUN_CONFIG_FILE}") is None:
+        _write_text(f"{directory}/{RUN_CONFIG_FILE}", json.dumps({"model_config": cfg.to_dict()}, indent=2))
+
+
+def log_run_start(run_id: str, cfg: Any, args: argparse.Namespace, created: bool, manifest: dict) -> None:
+    """Params (full flattened config + CLI) on a new run; config JSON artifact on every (re)start."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    config = cfg.to_dict()
+    if created:
+        params = {f"config.{k}": v for k, v in flatten_dict(config).items()}
+        params.update(
+            {
+                "cli.data": args.data,
+                "cli.preset": args.preset,
+                "cli.workers": args.workers,
+                "cli.minutes": args.minutes,
+                "cli.shuffle": args.shuffle,
+                "cli.seed": args.seed,
+                "data.schema_version": manifest.get("schema_version"),
+            }
+        )
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[start : start + 100])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / ("config.json" if created else f"config_resume_{stamp}.json")
+        path.write_text(json.dumps(config, indent=2))
+        client.log_artifact(run_id, str(path))
+        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        client.log_artifact(run_id, str(Path(tmp) / "manifest.json"), "data")
+    client.set_tag(run_id, "sas.status", "running")
+    client.update_run(run_id, status="RUNNING")
+
+
+def log_final_checkpoint(run_id: str, checkpoint_dir: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().log_artifacts(run_id, checkpoint_dir, "checkpoint")
+
+
+def end_run(run_id: str, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, "sas.status", status.lower())
+    client.set_terminated(run_id, status)
+
+
+def short_error(error: BaseException) -> str:
+    """One line naming the root cause of a Ray Train failure."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank, root = sorted(failures.items())[0]
+        text = f"rank {rank}: {type(root).__name__}: {root}"
+    else:
+        root = getattr(error, "controller_failure", None) or error
+        text = f"{type(root).__name__}: {root}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -1,0 +1,311 @@
+"""Train the sequential amodal segmenter with Ray Train, track it in MLflow, register the model.
+
+Embedded (local Ray, MLflow in ./mlruns/mlflow.db, checkpoints in ./runs)::
+
+    python pipelines/train.py --data data/shapes --preset tiny --workers 2 --minutes 15
+
+Against a running cluster (the job's working dir ships synth/, sas_model/ and pipelines/ to every
+worker; data and storage must be reachable from the cluster: absolute paths on a shared disk or
+``s3://``, and a tracking server)::
+
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python pipelines/train.py --data s3://bucket/shapes --storage s3://bucket/runs \\
+        --mlflow-uri http://mlflow:5000 --preset small --workers 2
+
+(``.gitignore``d paths such as ``data/``, ``runs/``, ``mlruns/`` and ``.venv/`` are not uploaded.)
+A plain driver started with ``RAY_ADDRESS=...`` ships the three packages as ``py_modules`` instead.
+
+- Rerunning the same command (same ``--storage`` and ``--name``) resumes from the newest checkpoint
+  (model, EMA, optimizer, step); a different model architecture is refused with a one-line error.
+- ``--minutes`` is a wall-clock budget: training stops, checkpoints and registers when it runs out.
+- The global batch (``train.batch_size``) stays the same for any ``--workers``.
+- ``--cache auto`` decodes the training samples once into Ray's object store when they fit in a
+  quarter of it (faster on few cores); bigger datasets are streamed and decoded every epoch.
+- The final model is logged as an MLflow pyfunc, registered as ``--register-name`` (default
+  ``sas``), and alias ``champion`` moves to it if its ``val/miou_free`` beats the current champion's.
+
+Exit status: 0 done, 1 training failed, 2 bad input (one-line ``error:`` message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines import common
+from pipelines.common import UserError
+
+CHAMPION_METRIC = "val/miou_free"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    summary, _, details = __doc__.partition("\n\n")
+    p = argparse.ArgumentParser(
+        description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True, help="dataset directory or s3:// URI written by synth")
+    p.add_argument("--preset", default="tiny", help="tiny|small|paper or a preset JSON file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=common.parse_override,
+        metavar="KEY=VALUE",
+        help="dotted config override, e.g. train.lr=3e-4 (repeatable)",
+    )
+    p.add_argument("--workers", type=common.parse_number, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--steps", type=common.parse_number, help="optimiser steps (default: config train.steps)")
+    p.add_argument("--minutes", type=common.parse_positive_float, help="wall-clock budget for the whole run")
+    p.add_argument(
+        "--batch", type=common.parse_number, help="global batch (default: config train.batch_size)"
+    )
+    p.add_argument(
+        "--storage", default="runs", help="Ray Train storage path, local or s3:// (default ./runs)"
+    )
+    p.add_argument("--name", help="run name (default sas-<preset>); same name + storage resumes")
+    p.add_argument("--register-name", default="sas", help="registered model name (default sas)")
+    p.add_argument("--no-register", action="store_true", help="log the model but do not register it")
+    p.add_argument(
+        "--alias-policy",
+        choices=("better", "always", "never"),
+        default="better",
+        help="move alias 'champion' if the new val metric is better (default), always or never",
+    )
+    p.add_argument("--mlflow-uri", help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    p.add_argument("--experiment", default=common.DEFAULT_EXPERIMENT, help="MLflow experiment (default sas)")
+    p.add_argument("--gpu", choices=("auto", "on", "off"), default="auto", help="use GPUs (default: if any)")
+    p.add_argument("--max-failures", type=common.parse_number, default=2, help="worker-group restarts")
+    p.add_argument("--keep", type=common.parse_number, default=3, help="checkpoints kept (newest)")
+    p.add_argument("--ckpt-every", type=common.parse_number, help="steps between checkpoints")
+    p.add_argument(
+        "--val-every",
+        type=common.parse_number,
+        help="steps between validations, also run at the end (default train.val_every; 0: never)",
+    )
+    p.add_argument(
+        "--val-scenes",
+        type=common.parse_number,
+        default=16,
+        help="val scenes for loss and teacher-forced IoU (default 16)",
+    )
+    p.add_argument(
+        "--val-free-scenes",
+        type=common.parse_number,
+        default=4,
+        help="of those, scenes segmented free-running for IoU and the overlay sheet (default 4)",
+    )
+    p.add_argument("--log-every", type=common.parse_number, default=10, help="steps between progress lines")
+    p.add_argument(
+        "--shuffle",
+        choices=("buffer", "global"),
+        default="buffer",
+        help="local shuffle buffer (default, streaming) or a full random_shuffle per epoch",
+    )
+    p.add_argument(
+        "--max-bad-steps",
+        type=common.parse_number,
+        default=20,
+        help="abort after this many non-finite loss steps in a row (default 20)",
+    )
+    p.add_argument(
+        "--cache",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="decode the training samples once into Ray's object store (auto: if they fit in 25%%)",
+    )
+    p.add_argument("--seed", type=common.parse_number, help="data/augmentation seed (default: train.seed)")
+    p.add_argument("--fail-once-at-step", type=common.parse_number, help=argparse.SUPPRESS)  # test hook
+    p.add_argument("--inject-nan-from-step", type=common.parse_number, help=argparse.SUPPRESS)  # test hook
+    return p
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """ModelConfig from the preset (name or JSON file), ``--set`` overrides and ``--steps/--batch``."""
+    from sas_model.config import ModelConfig
+
+    try:
+        if args.preset.endswith(".json") or Path(args.preset).is_file():
+            if not Path(args.preset).is_file():
+                raise UserError(f"preset file {args.preset} does not exist")
+            cfg = ModelConfig.load(args.preset)
+        else:
+            cfg = ModelConfig.preset(args.preset)
+        overrides = dict(args.overrides)
+        if args.steps is not None:
+            overrides["train.steps"] = args.steps
+        if args.batch is not None:
+            overrides["train.batch_size"] = args.batch
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        cfg.validate()
+    except UserError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"bad config ({args.preset}): {exc}") from None
+    return cfg
+
+
+def build_loop_config(cfg: Any, args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``train_loop_per_worker`` needs, as plain JSON-able values."""
+    train = cfg.train
+    steps = int(train.steps)
+    global_batch = int(train.batch_size)
+    if global_batch % args.workers:
+        raise UserError(f"global batch {global_batch} is not divisible by --workers {args.workers}")
+    val_every = args.val_every if args.val_every is not None else train.val_every
+    ckpt_every = args.ckpt_every if args.ckpt_every is not None else train.ckpt_every
+    return {
+        "model_config": cfg.to_dict(),
+        "data_path": run["data_path"],
+        "steps": steps,
+        "global_batch": global_batch,
+        "lr": float(train.lr),
+        "weight_decay": float(train.weight_decay),
+        "warmup_steps": int(train.warmup_steps),
+        "grad_clip": float(train.grad_clip),
+        "ema_decay": float(train.ema_decay),
+        "hflip_p": float(train.hflip_p),
+        "cmask_noise_p": float(train.cmask_noise_p),
+        "max_bad_steps": max(1, int(args.max_bad_steps)),
+        "val_every": int(val_every),
+        "val_scenes": int(args.val_scenes),
+        "val_free_scenes": int(args.val_free_scenes),
+        "ckpt_every": max(1, int(ckpt_every)),
+        "log_every": max(1, int(args.log_every)),
+        "seed": int(args.seed if args.seed is not None else train.seed),
+        "shuffle_buffer": run["shuffle_buffer"],
+        "torch_threads": run["torch_threads"],
+        "deadline_unix": run["deadline_unix"],
+        "mlflow_uri": run["mlflow_uri"],
+        "mlflow_run_id": run["mlflow_run_id"],
+        "fail_once_at_step": args.fail_once_at_step,
+        "fail_once_marker": run["fail_once_marker"],
+        "inject_nan_from_step": args.inject_nan_from_step,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    common.apply_env_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UserError as exc:
+        common.fail(str(exc))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipelines import data, registry, runstate, trainer
+
+    started = time.time()
+    if args.workers < 1:
+        raise UserError("--workers must be at least 1")
+    data_path = common.resolve_local_or_remote(args.data)
+    manifest = data.check_dataset(data_path)
+    cfg = build_config(args)
+    if int(cfg.train.batch_size) % args.workers:
+        raise UserError(f"global batch {cfg.train.batch_size} is not divisible by --workers {args.workers}")
+    storage = common.resolve_local_or_remote(args.storage)
+    name = args.name or f"sas-{Path(args.preset).stem}"
+    run_dir = runstate.run_dir(storage, name)
+    resuming = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
+
+    mode = common.init_ray()
+    if mode == "cluster" and "://" not in args.storage and not Path(args.storage).is_absolute():
+        print(f"[train] note: --storage {args.storage} is relative; on a cluster it resolves to {storage}")
+    import ray
+
+    total_cpus = float(ray.cluster_resources().get("CPU", 1))
+    use_gpu = args.gpu == "on" or (args.gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    cpus_per_worker = trainer.cpus_per_worker(total_cpus, args.workers, use_gpu)
+
+    mlflow_uri = common.resolve_mlflow_uri(args.mlflow_uri)
+    experiment_id = common.setup_mlflow(mlflow_uri, args.experiment)
+    run_id, created = registry.find_or_create_run(experiment_id, run_dir, name)
+    runstate.log_run_start(run_id, cfg, args, created, manifest)
+    runstate.save_run_config(run_dir, cfg)
+    loop_cfg = build_loop_config(
+        cfg,
+        args,
+        {
+            "data_path": data_path,
+            "shuffle_buffer": data.shuffle_buffer_size(args.shuffle, int(cfg.train.batch_size)),
+            "torch_threads": max(1, int(total_cpus // args.workers)) if not use_gpu else None,
+            "deadline_unix": started + 60 * args.minutes if args.minutes else None,
+            "mlflow_uri": mlflow_uri,
+            "mlflow_run_id": run_id,
+            "fail_once_marker": str(Path(run_dir) / ".injected_failure") if "://" not in run_dir else "",
+        },
+    )
+    print(
+        f"[train] {'resuming' if resuming else 'starting'} run '{name}' in {run_dir}: preset {args.preset}, "
+        f"{args.workers} worker(s) x {cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}, "
+        f"global batch {loop_cfg['global_batch']}, {loop_cfg['steps']} steps; "
+        f"MLflow {mlflow_uri} run {run_id}",
+        flush=True,
+    )
+
+    fit_started = time.time()
+    cache = data.should_cache(
+        args.cache, manifest, int(cfg.image_size), ray.available_resources().get("object_store_memory", 0)
+    )
+    if cache:
+        print("[train] decoding the training samples once into Ray's object store (--cache)", flush=True)
+    train_dataset = data.build_train_dataset(data_path, args.shuffle, cache)
+    result = trainer.fit(loop_cfg, train_dataset, args, storage, name, cpus_per_worker, use_gpu)
+    outcome = result.return_value or {}
+    if result.error is not None:
+        runstate.end_run(run_id, "FAILED")
+        print(f"error: training failed: {runstate.short_error(result.error)}", file=sys.stderr)
+        return 1
+    if outcome.get("abort_reason"):
+        runstate.end_run(run_id, "FAILED")
+        common.fail(outcome["abort_reason"])
+    if result.checkpoint is None:
+        runstate.end_run(run_id, "FAILED")
+        common.fail("training produced no checkpoint")
+    if outcome.get("already_complete"):
+        print(
+            f"[train] run '{name}' had already finished at step {outcome.get('step')}; nothing to train "
+            "(raise --steps to continue it); the model is not registered again",
+            flush=True,
+        )
+        runstate.end_run(run_id, "FINISHED")
+        return 0
+
+    print(
+        f"[train] fit finished in {time.time() - fit_started:.0f} s; logging and registering the model",
+        flush=True,
+    )
+    metric = result.metrics.get(CHAMPION_METRIC)
+    with result.checkpoint.as_directory() as checkpoint_dir:
+        summary = registry.log_and_register(
+            run_id,
+            checkpoint_dir,
+            data.example_image(data_path),
+            None if args.no_register else args.register_name,
+            CHAMPION_METRIC,
+            metric,
+            args.alias_policy,
+        )
+        runstate.log_final_checkpoint(run_id, checkpoint_dir)
+    runstate.end_run(run_id, "FINISHED")
+    summary.update(
+        step=result.metrics.get("step"),
+        checkpoint=result.checkpoint.path,
+        run_id=run_id,
+        **{k: v for k, v in result.metrics.items() if k.startswith("val/m") or k == "val/loss"},
+    )
+    print("[train] done: " + json.dumps(summary, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The per-worker training function run by Ray Train's ``TorchTrainer`` (``train_loop_per_worker``).
+
+One optimiser step = one global batch split evenly across workers (``per_worker = global // N``),
+DDP all-reduces the gradients (gloo on CPU, NCCL on GPU). Every rank calls ``ray.train.report`` at
+the same steps (it is a barrier); only rank 0 attaches a checkpoint, validates and talks to MLflow.
+
+Checkpoint directory (written by rank 0): ``sas_model.checkpoint.save_checkpoint`` files (config,
+weights, EMA weights, meta) plus ``trainer_state.pt`` (optimizer state, step, data position),
+loaded back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from pipelines.augment import perturb_cumulative_mask, random_hflip
+from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
+from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
+
+SAMPLE_COLUMNS = ("image", "cumulative_mask", "layer_mask")
+
+
+def _all_ranks_agree(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on rank 0 (a broadcast; no-op without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    tensor = torch.tensor([1 if flag else 0], device=device)
+    dist.broadcast(tensor, src=0)
+    return bool(tensor.item())
+
+
+def _restore(checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any) -> TrainerState:
+    from sas_model.checkpoint import load_model
+
+    with checkpoint.as_directory() as directory:
+        model.load_state_dict(load_model(directory, use_ema=False, device="cpu").state_dict())
+        state = load_trainer_state(directory, optimizer)
+        ema.load_state_dict(load_model(directory, use_ema=True, device="cpu").state_dict(), state.ema_updates)
+    return state
+
+
+def _save(directory: str, model: torch.nn.Module, ema: EMA, optimizer: Any, state: TrainerState) -> None:
+    from sas_model.checkpoint import save_checkpoint
+
+    state.ema_updates = ema.num_updates
+    save_checkpoint(
+        directory,
+        model,
+        ema_state=ema.state_dict(),
+        extra={"step": state.step, "epoch": state.epoch, "samples_seen": state.samples_seen},
+    )
+    save_trainer_state(directory, state, optimizer)
+
+
+def _batches(shard: Any, state: TrainerState, per_worker_batch: int, loop_cfg: dict, device: torch.device):
+    """Endless stream of (epoch, batch dict) from this worker's shard; one Ray Data pass per epoch."""
+    epoch = state.epoch
+    while True:
+        produced = 0
+        for batch in shard.iter_torch_batches(
+            batch_size=per_worker_batch,
+            drop_last=True,
+            dtypes={name: torch.uint8 for name in SAMPLE_COLUMNS},
+            device=device,
+            prefetch_batches=loop_cfg.get("prefetch_batches", 2),
+            local_shuffle_buffer_size=loop_cfg.get("shuffle_buffer") or None,
+            local_shuffle_seed=None if loop_cfg.get("seed") is None else loop_cfg["seed"] + 7919 * epoch,
+        ):
+            produced += 1
+            yield epoch, batch
+        if produced == 0:
+            raise RuntimeError(
+                f"the training split yields no full batch of {per_worker_batch} samples per worker; "
+                "generate more scenes or lower the batch size"
+            )
+        epoch += 1
+
+
+def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry: ``loop_cfg`` is built by ``pipelines.train.build_loop_config``.
+
+    Returns (rank 0's value reaches the driver as ``Result.return_value``) the final step, an
+    ``abort_reason`` (NaN/inf loss: the driver prints it as a one-line error; no retry, since
+    retrying a diverged run from the same checkpoint would diverge again) and ``already_complete``
+    (a rerun of a finished run).
+    """
+    from sas_model.config import ModelConfig
+    from sas_model.model import SASModel
+
+    quiet_ray_train_reports()
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if loop_cfg.get("torch_threads"):
+        torch.set_num_threads(int(loop_cfg["torch_threads"]))
+    cfg = ModelConfig.from_dict(loop_cfg["model_config"])
+    seed = int(loop_cfg.get("seed") or 0)
+    torch.manual_seed(seed + 1000 * rank)
+    aug_generator = torch.Generator().manual_seed(seed + 17 + 1000 * rank)
+
+    model = SASModel(cfg).to(device)
+    ema = EMA(model, loop_cfg["ema_decay"])
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=loop_cfg["lr"], weight_decay=loop_cfg["weight_decay"], betas=(0.9, 0.999)
+    )
+    if rank == 0:
+        say(
+            f"[train] rank 0 of {world_size} on {device}, {torch.get_num_threads()} torch threads, "
+            f"code from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
+        )
+    checkpoint = ray.train.get_checkpoint()
+    state = _restore(checkpoint, model, ema, optimizer) if checkpoint else TrainerState()
+    if checkpoint and rank == 0:
+        say(f"[train] resumed from step {state.step} (epoch {state.epoch})")
+    ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
+
+    use_amp = device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    total_steps = int(loop_cfg["steps"])
+    per_worker_batch = int(loop_cfg["global_batch"]) // world_size
+    deadline = loop_cfg.get("deadline_unix")
+    logger = RankZeroLogger(loop_cfg, enabled=rank == 0)
+    validator = None
+    if rank == 0 and loop_cfg.get("val_every"):
+        from pipelines.validate import Validator
+
+        validator = Validator(loop_cfg["data_path"], cfg, device, loop_cfg)
+
+    shard = ray.train.get_dataset_shard("train")
+    stream = _batches(shard, state, per_worker_batch, loop_cfg, device)
+    window = {"loss": 0.0, "count": 0, "wait": 0.0, "start": time.perf_counter(), "samples": 0}
+    steady = {"samples": 0, "wait": 0.0, "time": 0.0, "windows": 0}  # all windows after the first
+    consecutive_bad = 0
+    fail_once = loop_cfg.get("fail_once_at_step")
+    abort_reason = ""
+    already_complete = state.step >= total_steps
+
+    while state.step < total_steps:
+        t0 = time.perf_counter()
+        epoch, batch = next(stream)
+        window["wait"] += time.perf_counter() - t0
+        if epoch != state.epoch:
+            state.epoch, state.batches_in_epoch = epoch, 0
+        state.batches_in_epoch += 1
+
+        image, cumulative_mask, layer_mask = random_hflip(
+            batch["image"],
+            batch["cumulative_mask"],
+            batch["layer_mask"],
+            p=loop_cfg["hflip_p"],
+            generator=aug_generator,
+        )
+        cumulative_mask = perturb_cumulative_mask(cumulative_mask, loop_cfg["cmask_noise_p"], aug_generator)
+        lr = lr_at(state.step, loop_cfg["lr"], loop_cfg["warmup_steps"], total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+            loss, _ = ddp_model(image, cumulative_mask, layer_mask)
+        if (
+            loop_cfg.get("inject_nan_from_step") is not None
+            and state.step >= loop_cfg["inject_nan_from_step"]
+        ):
+            loss = loss * float("nan")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        # Gradients are identical on every rank after DDP's all-reduce (a NaN/inf loss anywhere makes
+        # them non-finite everywhere), so deciding on the gradient norm alone gives every rank the same
+        # skip decision without extra communication.
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop_cfg["grad_clip"])
+        finite = bool(torch.isfinite(grad_norm)) and (world_size > 1 or bool(torch.isfinite(loss.detach())))
+        if not finite:
+            scaler.update()
+            consecutive_bad += 1
+            state.skipped_steps += 1
+            if rank == 0:
+                say(
+                    f"[train] warning: non-finite loss/gradient at step {state.step}; step skipped "
+                    f"({consecutive_bad}/{loop_cfg['max_bad_steps']} in a row)"
+                )
+            if consecutive_bad >= loop_cfg["max_bad_steps"]:
+                abort_reason = (
+                    f"loss was NaN/inf for {consecutive_bad} steps in a row at step {state.step}; "
+                    "lower train.lr or check the data (the last good checkpoint is kept)"
+                )
+                break
+            continue
+        consecutive_bad = 0
+        scaler.step(optimizer)
+        scaler.update()
+        ema.update(model)
+        state.step += 1
+        state.samples_seen += per_worker_batch * world_size
+        window["loss"] += float(loss.detach())
+        window["count"] += 1
+        window["samples"] += per_worker_batch * world_size
+
+        if fail_once is not None and state.step == int(fail_once) and rank == 0:
+            marker = loop_cfg["fail_once_marker"]
+            if not os.path.exists(marker):
+                open(marker, "w").close()
+                raise RuntimeError(f"injected failure at step {state.step} (test hook)")
+
+        out_of_time = deadline is not None and time.time() >= deadline
+        last = state.step >= total_steps or _all_ranks_agree(out_of_time, device)
+        step = state.step
+        if step % loop_cfg["log_every"] == 0 or last:
+            elapsed = max(1e-9, time.perf_counter() - window["start"])
+            train_metrics = {
+                "train/loss": window["loss"] / max(1, window["count"]),
+                "train/lr": lr,
+                "train/samples_per_s": window["samples"] / elapsed,
+                "train/data_wait_frac": window["wait"] / elapsed,
+                "train/grad_norm": float(grad_norm),
+                "train/epoch": float(state.epoch),
+            }
+            logger.progress(step, total_steps, train_metrics)
+            steady["windows"] += 1
+            if steady["windows"] > 1:  # the first window includes worker and Ray Data start-up
+                steady["samples"] += window["samples"]
+                steady["wait"] += window["wait"]
+                steady["time"] += elapsed
+            window = {"loss": 0.0, "count": 0, "wait": 0.0, "start": time.perf_counter(), "samples": 0}
+        do_val = validator is not None and (step % loop_cfg["val_every"] == 0 or last)
+        do_ckpt = step % loop_cfg["ckpt_every"] == 0 or last
+        if not (do_ckpt or (loop_cfg.get("val_every") and step % loop_cfg["val_every"] == 0) or last):
+            continue
+        metrics: dict[str, Any] = {
+            "step": step,
+            "epoch": state.epoch,
+            "samples_seen": state.samples_seen,
+            "skipped_steps": state.skipped_steps,
+            **logger.last_train_metrics,
+        }
+        if do_val:
+            metrics.update(validator.run(model, ema, step, logger))
+        if rank == 0 and do_ckpt:
+            with tempfile.TemporaryDirectory(prefix="sas-ckpt-") as tmp:
+                _save(tmp, model, ema, optimizer, state)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics, checkpoint=None)
+        logger.metrics(step, metrics)
+        if last:
+            break
+
+    logger.close()
+    return {
+        "step": state.step,
+        "abort_reason": abort_reason,
+        "already_complete": already_complete,
+        "steady_samples_per_s": steady["samples"] / steady["time"] if steady["time"] else None,
+        "steady_data_wait_frac": steady["wait"] / steady["time"] if steady["time"] else None,
+    }

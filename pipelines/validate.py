@@ -1,0 +1,182 @@
+"""Validation during training (rank 0 only): val loss, per-layer IoU, and an overlay sheet PNG.
+
+- **val loss**: the training objective on a fixed set of val layer samples, with a fixed noise seed so
+  successive validations are comparable.
+- **teacher-forced IoU** (``val/iou_tf/layer{k}``, ``val/iou_tf/terminal``, ``val/miou_tf``):
+  ``predict_layer`` given the ground-truth cumulative mask ``C_k``, IoU against ``M_k`` per layer
+  index; the terminal samples (``C_L`` = everything, empty target) are scored apart: an empty
+  prediction scores 1.
+- **free-running IoU** (``val/iou_free/layer{k}``, ``val/miou_free``): full ``segment()`` on a few
+  scenes, predicted layer ``k`` against ground-truth layer ``k`` (a missing layer counts as empty).
+  ``val/miou_free`` is the metric the registry's champion policy compares.
+
+Evaluation uses the EMA weights, which are what gets exported.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipelines.tracking import say
+from sas_model.metrics import mask_iou
+
+LAYER_COLOURS = np.array(
+    [
+        [230, 25, 75],
+        [60, 180, 75],
+        [0, 130, 200],
+        [245, 130, 48],
+        [145, 30, 180],
+        [70, 240, 240],
+        [240, 50, 230],
+        [210, 245, 60],
+    ],
+    dtype=np.float32,
+)
+
+
+def tint_layers(image: np.ndarray, layer_masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Overlay layer masks bool[L,H,W] on image uint8[H,W,3], one colour per layer (front first)."""
+    out = image.astype(np.float32)
+    for k in range(layer_masks.shape[0] - 1, -1, -1):  # draw back layers first, front on top
+        mask = layer_masks[k].astype(bool)
+        out[mask] = (1 - alpha) * out[mask] + alpha * LAYER_COLOURS[k % len(LAYER_COLOURS)]
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def overlay_sheet(rows: list[list[np.ndarray]], pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile rows of equally sized uint8[H,W,3] panels (each enlarged ``scale``x) with white gaps."""
+    if scale > 1:
+        rows = [[panel.repeat(scale, axis=0).repeat(scale, axis=1) for panel in row] for row in rows]
+    height, width = rows[0][0].shape[:2]
+    ncols = max(len(r) for r in rows)
+    sheet = np.full((len(rows) * (height + pad) + pad, ncols * (width + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, panel in enumerate(row):
+            y, x = pad + i * (height + pad), pad + j * (width + pad)
+            sheet[y : y + height, x : x + width] = panel[:height, :width, :3]
+    return sheet
+
+
+def _prediction_masks(prediction: Any) -> np.ndarray:
+    """Bool masks [N,H,W] from a ``LayerPrediction`` (field name tolerant to the contract's wording)."""
+    for name in ("layer_mask", "layer_masks", "mask", "masks"):
+        if hasattr(prediction, name):
+            return np.asarray(getattr(prediction, name)).astype(bool)
+    raise AttributeError(f"LayerPrediction has no mask field: {sorted(vars(prediction))}")
+
+
+class Validator:
+    """Holds a fixed val subset and an eval copy of the model; ``run`` returns metrics for Ray/MLflow."""
+
+    def __init__(self, data_path: str, cfg: Any, device: torch.device, loop_cfg: dict[str, Any]) -> None:
+        from sas_model.model import SASModel
+        from synth.reader import iter_scenes, scene_to_samples
+
+        self.device = device
+        self.batch_size = int(loop_cfg.get("val_batch", 32))
+        self.sampler_overrides = dict(loop_cfg.get("val_sampler_overrides") or {})
+        scenes = list(islice(iter_scenes(data_path, split="val"), int(loop_cfg.get("val_scenes", 16))))
+        if not scenes:
+            say("[train] warning: the dataset has no 'val' split; validation is skipped")
+        self.scenes = scenes
+        self.free_scenes = scenes[: int(loop_cfg.get("val_free_scenes", 4))]
+        samples = [s for scene in scenes for s in scene_to_samples(scene)]
+        limit = int(loop_cfg.get("val_samples", 128))
+        self.samples = samples[:limit]
+        self.terminal = [k == scene.num_layers for scene in scenes for k in range(scene.num_layers + 1)][
+            :limit
+        ]
+        self.eval_model = SASModel(cfg).to(device).eval()
+        self.out_dir = Path(tempfile.mkdtemp(prefix="sas-val-"))
+
+    def _batches(self):
+        for start in range(0, len(self.samples), self.batch_size):
+            chunk = self.samples[start : start + self.batch_size]
+            images = np.stack([s[0] for s in chunk])
+            cumulative = np.stack([s[1] for s in chunk]).astype(np.uint8)
+            layer = np.stack([s[2] for s in chunk]).astype(np.uint8)
+            layer_index = np.array([s[3] for s in chunk])
+            terminal = np.array(self.terminal[start : start + self.batch_size])
+            yield images, cumulative, layer, layer_index, terminal
+
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, ema: Any, step: int, logger: Any) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        from sas_model.segmenter import SequentialSegmenter
+
+        self.eval_model.load_state_dict(ema.state_dict())
+        metrics: dict[str, float] = {}
+        losses = []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(12345)
+            for images, cumulative, layer, _, _ in self._batches():
+                to = {"device": self.device}
+                loss, _ = self.eval_model(
+                    torch.as_tensor(images, **to),
+                    torch.as_tensor(cumulative, **to),
+                    torch.as_tensor(layer, **to),
+                )
+                losses.append(float(loss))
+        metrics["val/loss"] = float(np.mean(losses))
+
+        segmenter = SequentialSegmenter(self.eval_model, device=self.device)
+        per_layer: dict[str, list[float]] = {}
+        for images, cumulative, layer, layer_index, terminal in self._batches():
+            prediction = segmenter.predict_layer(
+                images, cumulative.astype(bool), seed=0, **self.sampler_overrides
+            )
+            pred_masks = _prediction_masks(prediction)
+            for i, k in enumerate(layer_index):
+                key = "terminal" if terminal[i] else f"layer{int(k)}"
+                per_layer.setdefault(key, []).append(mask_iou(pred_masks[i], layer[i].astype(bool)))
+        for k, values in sorted(per_layer.items()):
+            metrics[f"val/iou_tf/{k}"] = float(np.mean(values))
+        metrics["val/miou_tf"] = float(np.mean([v for values in per_layer.values() for v in values]))
+
+        if self.free_scenes:
+            metrics.update(self._free_running(segmenter, step, logger))
+        return metrics
+
+    def _free_running(self, segmenter: Any, step: int, logger: Any) -> dict[str, float]:
+        images = np.stack([scene.image for scene in self.free_scenes])
+        results = segmenter.segment(images, seed=0, **self.sampler_overrides)
+        per_layer: dict[int, list[float]] = {}
+        scene_means, rows = [], []
+        for scene, result in zip(self.free_scenes, results, strict=True):
+            truth = np.asarray(scene.layer_masks).astype(bool)
+            predicted = np.asarray(result.layer_masks).astype(bool)
+            depth = max(len(truth), len(predicted))
+            ious = []
+            for k in range(depth):
+                t = truth[k] if k < len(truth) else np.zeros(scene.image.shape[:2], bool)
+                p = predicted[k] if k < len(predicted) else np.zeros(scene.image.shape[:2], bool)
+                ious.append(mask_iou(p, t))
+                per_layer.setdefault(k, []).append(ious[-1])
+            scene_means.append(float(np.mean(ious)) if ious else 1.0)
+            rows.append(
+                [scene.image, tint_layers(scene.image, truth), np.asarray(result.render_overlay(scene.image))]
+            )
+        metrics = {f"val/iou_free/layer{k}": float(np.mean(v)) for k, v in sorted(per_layer.items())}
+        metrics["val/miou_free"] = float(np.mean(scene_means))
+        metrics["val/layer_count_acc"] = float(
+            np.mean(
+                [
+                    len(r.layer_masks) == len(s.layer_masks)
+                    for s, r in zip(self.free_scenes, results, strict=True)
+                ]
+            )
+        )
+        from PIL import Image
+
+        path = self.out_dir / f"overlay_step{step:07d}.png"
+        Image.fromarray(overlay_sheet(rows, scale=max(1, 192 // rows[0][0].shape[0]))).save(path)
+        logger.artifact(path, "overlays")
+        return metrics

@@ -1,0 +1,155 @@
+"""Fast checks of the training pipeline's helpers: CLI parsing, LR schedule, EMA, champion policy."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipelines import common
+from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
+from pipelines.trainer import cpus_per_worker
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("1e5", 100_000), ("250", 250), ("10_000", 10_000), ("2.5e3", 2500)]
+)
+def test_parse_number_accepts_scientific_counts(text, value):
+    assert common.parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["1.5", "-3", "abc", "1e-3"])
+def test_parse_number_rejects_non_counts(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        common.parse_number(text)
+
+
+def test_parse_override_types_values():
+    assert common.parse_override("train.lr=3e-4") == ("train.lr", 3e-4)
+    assert common.parse_override("train.steps=1e5") == ("train.steps", 100_000)
+    assert common.parse_override("unet.channel_mult=1,2,2") == ("unet.channel_mult", [1, 2, 2])
+    assert common.parse_override("sampler.kind=ddim") == ("sampler.kind", "ddim")
+    assert common.parse_override("train.amp=false") == ("train.amp", False)
+    with pytest.raises(argparse.ArgumentTypeError):
+        common.parse_override("no-equals-sign")
+
+
+def test_fail_prints_one_line_and_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        common.fail("dataset missing:\n  /nowhere")
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: dataset missing: /nowhere\n"
+
+
+def test_cluster_mode_follows_ray_address_and_job_env(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert not common.cluster_mode()
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert common.cluster_mode() and common.in_ray_job()
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
+    assert common.cluster_mode() and not common.in_ray_job()
+
+
+def test_mlflow_uri_defaults_to_local_sqlite(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = common.resolve_mlflow_uri(None, base_dir=tmp_path)
+    assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert common.default_artifact_location(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5055")
+    assert common.resolve_mlflow_uri(None) == "http://127.0.0.1:5055"
+    assert common.resolve_mlflow_uri("http://other:1") == "http://other:1"
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine():
+    base, warmup, total = 1e-3, 10, 110
+    assert lr_at(0, base, warmup, total) == pytest.approx(base / 10)
+    assert lr_at(9, base, warmup, total) == pytest.approx(base)
+    assert lr_at(60, base, warmup, total) == pytest.approx(base * (0.1 + 0.9 * 0.5))
+    assert lr_at(110, base, warmup, total) == pytest.approx(0.1 * base)
+    assert lr_at(500, base, warmup, total) == pytest.approx(0.1 * base)
+    values = [lr_at(s, base, warmup, total) for s in range(warmup, total)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_ema_tracks_parameters_and_round_trips(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.shadow["weight"].clone()
+    ema.update(model)
+    decay = min(0.5, 2 / 11)
+    expected = before * decay + model.weight.detach() * (1 - decay)
+    assert torch.allclose(ema.shadow["weight"], expected)
+    fresh = torch.nn.Linear(3, 2)
+    fresh.load_state_dict(ema.state_dict())
+    assert torch.allclose(fresh.weight, ema.shadow["weight"])
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    save_trainer_state(tmp_path, TrainerState(step=7, epoch=2, samples_seen=99), optimizer)
+    optimizer2 = torch.optim.AdamW(model.parameters(), lr=0.1)
+    state = load_trainer_state(tmp_path, optimizer2)
+    assert (state.step, state.epoch, state.samples_seen) == (7, 2, 99)
+    assert optimizer2.state_dict()["state"][0]["step"] == optimizer.state_dict()["state"][0]["step"]
+
+
+def test_workers_get_fractional_cpus_on_two_cores():
+    assert cpus_per_worker(2, 1, False) == 1.0
+    assert cpus_per_worker(2, 2, False) == 0.5
+    assert cpus_per_worker(16, 4, False) == 1.0
+    assert math.isclose(cpus_per_worker(1, 2, False), 0.25)
+
+
+def test_champion_alias_moves_only_when_metric_improves(tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import registry
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    common.setup_mlflow(f"sqlite:///{tmp_path}/mlflow.db", "alias-test")
+    client = MlflowClient()
+    client.create_registered_model("m")
+    source = tmp_path / "model"
+    source.mkdir()
+
+    def new_version(metric):
+        version = client.create_model_version("m", str(source)).version
+        client.set_model_version_tag("m", version, "val_metric", repr(metric))
+        return version
+
+    v1 = new_version(0.5)
+    assert registry.update_champion("m", v1, 0.5, "better")[0]
+    v2 = new_version(0.4)
+    moved, reason = registry.update_champion("m", v2, 0.4, "better")
+    assert not moved and "does not beat" in reason
+    assert client.get_model_version_by_alias("m", "champion").version == v1
+    v3 = new_version(0.7)
+    assert registry.update_champion("m", v3, 0.7, "better")[0]
+    assert not registry.update_champion("m", v2, 0.4, "never")[0]
+    assert registry.update_champion("m", v2, 0.4, "always")[0]
+    assert client.get_model_version_by_alias("m", "champion").version == v2
+    mlflow.set_tracking_uri(None)
+
+
+def test_train_cli_help_runs_without_ray():
+    out = subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "train.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "--alias-policy" in out.stdout and "ray job submit" in out.stdout
