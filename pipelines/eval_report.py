@@ -1,0 +1,257 @@
+"""Report files and MLflow logging for ``pipelines/evaluate.py``: tables, CSVs, overlay sheet, sweep plot.
+
+Every file is written atomically (``pipelines.files``). Metric tables put models in columns
+(``sas_model.metrics_report.summary_markdown``); the printed table holds the headline metrics, the
+files hold all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.files import write_bytes_atomic, write_text_atomic
+
+HEADLINE = (
+    "images",
+    "miou_free",
+    "miou_tf",
+    "iou_free/layer0",
+    "iou_free/layer1",
+    "iou_free/layer2",
+    "iou_tf/layer0",
+    "iou_tf/layer1",
+    "iou_tf/layer2",
+    "stop_acc",
+    "continue_acc",
+    "layer_count_acc",
+    "ap",
+    "ap50",
+    "ap75",
+    "invisible_iou",
+    "order_acc",
+    "unc/err_rate_agree",
+    "unc/err_rate_disagree",
+    "unet_passes_mean",
+    "images_per_s",
+)
+
+
+def comparison_markdown(summaries: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+    """Headline metrics, one column per model, titled with the data, split and sampler flags."""
+    from sas_model.metrics_report import summary_markdown
+
+    picked = {label: {k: s[k] for k in HEADLINE if k in s} for label, s in summaries.items()}
+    return summary_markdown(picked, title=_title(args))
+
+
+def _title(args: argparse.Namespace) -> str:
+    sampler = ", ".join(
+        f"{flag}={getattr(args, flag)}"
+        for flag in ("sampler", "steps", "ensemble", "consensus")
+        if getattr(args, flag, None) is not None
+    )
+    return f"{args.data} split {args.split}" + (
+        f" ({sampler})" if sampler else " (each model's sampler config)"
+    )
+
+
+def metrics_csv(summaries: dict[str, dict[str, float]]) -> str:
+    names: list[str] = []
+    for summary in summaries.values():
+        names.extend(k for k in summary if k not in names)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["metric", *summaries])
+    for name in names:
+        writer.writerow([name, *(_cell(s.get(name)) for s in summaries.values())])
+    return buffer.getvalue()
+
+
+def rows_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def safe_name(label: str) -> str:
+    """A label usable in file names and MLflow keys: ``sas@champion`` → ``sas_champion``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "model"
+
+
+def overlay_sheet_png(strips: dict[str, dict[int, bytes]], rows: int) -> bytes | None:
+    """One row per scene: image | truth, then per model: prediction | uncertainty (first ``rows`` scenes
+    that every model scored)."""
+    from pipelines.validate import overlay_sheet
+    from sas_model.codec import decode_png, encode_png
+
+    common = sorted(set.intersection(*(set(s) for s in strips.values())))[:rows] if strips else []
+    if not common:
+        return None
+    sheet_rows = []
+    for scene_id in common:
+        row: list[np.ndarray] = []
+        for i, per_scene in enumerate(strips.values()):
+            strip = decode_png(per_scene[scene_id])
+            w = strip.shape[1] // 4
+            panels = [strip[:, j * w : (j + 1) * w] for j in range(4)]
+            row.extend(panels if i == 0 else panels[2:])
+        sheet_rows.append(row)
+    scale = max(1, 128 // sheet_rows[0][0].shape[0])
+    return encode_png(overlay_sheet(sheet_rows, scale=scale))
+
+
+def write_report(
+    out_dir: Path, evaluated: dict[str, Any], sources: list[Any], args: argparse.Namespace
+) -> list[Path]:
+    """metrics.md/csv, per_image_<label>.csv, overlays.png and summary.json in ``out_dir``."""
+    summaries = evaluated["summaries"]
+    files = [
+        write_text_atomic(out_dir / "metrics.md", _full_markdown(summaries, sources, args)),
+        write_text_atomic(out_dir / "metrics.csv", metrics_csv(summaries)),
+    ]
+    for label, acc in evaluated["records"].items():
+        files.append(
+            write_text_atomic(out_dir / f"per_image_{safe_name(label)}.csv", rows_csv(acc.image_rows()))
+        )
+    sheet = overlay_sheet_png(evaluated["strips"], args.sheet_rows)
+    if sheet is not None:
+        files.append(write_bytes_atomic(out_dir / "overlays.png", sheet))
+    summary = {
+        "data": args.data,
+        "split": args.split,
+        "limit": args.limit,
+        "models": {s.label: s.uri for s in sources},
+        "summaries": summaries,
+    }
+    files.append(write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2, default=str)))
+    return files
+
+
+def _full_markdown(
+    summaries: dict[str, dict[str, float]], sources: list[Any], args: argparse.Namespace
+) -> str:
+    from sas_model.metrics_report import summary_markdown
+
+    lines = ["Models:", ""] + [f"- `{s.label}`: `{s.uri}`" for s in sources] + [""]
+    lines.append(
+        "Overlay sheet columns: image | ground-truth layers | then per model: predicted layers "
+        "(object outlines white) | ensemble-variance heat map. Layer colours front to back: red, green, "
+        "blue, orange, purple."
+    )
+    return "\n".join(lines) + "\n\n" + summary_markdown(summaries, title=_title(args))
+
+
+def sweep_markdown(rows: list[dict[str, Any]], label: str) -> str:
+    keys = ("setting", "unet_passes_per_image", "miou_free", "layer_count_acc", "ap50", "images", "seconds")
+    lines = [f"### mIoU against UNet passes per image ({label})", ""]
+    lines.append("| " + " | ".join(keys) + " |")
+    lines.append("|---|" + "---:|" * (len(keys) - 1))
+    for row in rows:
+        lines.append("| " + " | ".join(str(row[k]) for k in keys) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_plot_png(rows: list[dict[str, Any]], label: str) -> bytes:
+    """mIoU (free-running) against UNet passes per image, log x; one point per sweep setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for family, marker in (("ddpm", "s"), ("ddim", "o"), ("dpmpp2m", "^")):
+        points = sorted(
+            (r["unet_passes_per_image"], r["miou_free"], r["setting"]) for r in rows if r["sampler"] == family
+        )
+        if not points:
+            continue
+        xs, ys, names = zip(*points, strict=True)
+        ax.plot(xs, ys, marker=marker, label=family)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("UNet passes per image (mean)")
+    ax.set_ylabel("mIoU (free-running)")
+    ax.set_title(f"mIoU vs passes: {label}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_sweep(out_dir: Path, rows: list[dict[str, Any]], label: str) -> list[Path]:
+    return [
+        write_text_atomic(out_dir / "sweep.md", sweep_markdown(rows, label)),
+        write_text_atomic(out_dir / "sweep.csv", rows_csv(rows)),
+        write_bytes_atomic(out_dir / "sweep.png", sweep_plot_png(rows, label)),
+    ]
+
+
+def log_to_mlflow(
+    tracking_uri: str,
+    args: argparse.Namespace,
+    sources: list[Any],
+    overrides: dict[str, Any],
+    result: dict[str, Any],
+    files: list[Path],
+) -> str:
+    """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files.
+
+    With one model the metric keys are plain (``miou_free``), so runs compare across evaluations; with
+    several they are prefixed by the model label (``deterministic/miou_free``). Sweep rows become
+    ``sweep/<setting>/miou_free`` and ``.../unet_passes``.
+    """
+    import mlflow
+
+    from pipelines.common import setup_mlflow
+    from pipelines.inference import model_summary
+
+    experiment_id = setup_mlflow(tracking_uri, args.experiment)
+    params: dict[str, Any] = {
+        "data": args.data,
+        "split": args.split,
+        "limit": args.limit or "all",
+        "seed": args.seed,
+        "teacher_forced": not args.no_teacher_forced,
+        "mode": "sweep_passes" if args.sweep_passes else "evaluate",
+        **{f"sampler.{k}": v for k, v in overrides.items()},
+    }
+    for source in sources:
+        prefix = f"model.{safe_name(source.label)}"
+        params[f"{prefix}.uri"] = source.uri
+        for key, value in model_summary(source).items():
+            params[f"{prefix}.{key}"] = value
+    metrics: dict[str, float] = {}
+    for label, summary in result.get("summaries", {}).items():
+        prefix = "" if len(sources) == 1 else f"{safe_name(label)}/"
+        metrics.update({f"{prefix}{k}": float(v) for k, v in summary.items() if np.isfinite(v)})
+    for row in result.get("sweep", []):
+        key = safe_name(row["setting"])
+        metrics[f"sweep/{key}/miou_free"] = float(row["miou_free"])
+        metrics[f"sweep/{key}/unet_passes"] = float(row["unet_passes_per_image"])
+    with mlflow.start_run(experiment_id=experiment_id, run_name=args.run_name) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        mlflow.log_metrics(metrics)
+        for path in files:
+            mlflow.log_artifact(str(path), "report")
+        return run.info.run_id

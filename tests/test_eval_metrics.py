@@ -1,0 +1,168 @@
+"""Metrics on hand-made scenes with known answers (no model, no Ray)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from sas_model import instance_metrics as im
+from sas_model import metrics as lm
+from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image, summary_markdown
+
+H = W = 16
+
+
+def box(y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
+    mask = np.zeros((H, W), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+@dataclass
+class Obj:
+    amodal_mask: np.ndarray
+    score: float
+    layer: int
+
+
+# Two objects: FRONT occludes BACK (they overlap), LONE stands apart in layer 0 too.
+FRONT, BACK, LONE = box(2, 2, 8, 8), box(5, 5, 12, 12), box(12, 0, 16, 3)
+TRUE_LAYERS = np.stack([FRONT | LONE, BACK])
+TRUTH = ObjectsTruth(
+    amodal=np.stack([FRONT, BACK, LONE]),
+    visible=np.stack([FRONT, BACK & ~FRONT, LONE]),
+    edges=np.array([[0, 1]]),
+)
+
+
+def perfect_objects() -> list[Obj]:
+    return [Obj(FRONT, 0.9, 0), Obj(LONE, 0.8, 0), Obj(BACK, 0.7, 1)]
+
+
+def summarise(pred_layers, objects=None, truth=TRUTH, **kwargs) -> dict[str, float]:
+    acc = MetricsAccumulator()
+    acc.add(score_image(TRUE_LAYERS, pred_layers, objects_truth=truth, pred_objects=objects, **kwargs))
+    return acc.summary()
+
+
+def test_perfect_prediction_scores_one_everywhere() -> None:
+    s = summarise(
+        TRUE_LAYERS,
+        perfect_objects(),
+        uncertainty=np.zeros((2, H, W), np.float32),
+        tf_layers=TRUE_LAYERS,
+        tf_terminal=np.zeros((H, W), bool),
+    )
+    for key in ("miou_free", "iou_free/layer0", "iou_free/layer1", "miou_tf", "stop_acc", "continue_acc"):
+        assert s[key] == 1.0, key
+    assert s["layer_count_acc"] == 1.0 and s["extra_layer_rate"] == 0.0 and s["missed_layer_rate"] == 0.0
+    assert s["ap"] == s["ap50"] == s["ap75"] == 1.0
+    assert s["invisible_iou"] == 1.0  # only BACK has an occluded part
+    assert s["order_acc"] == 1.0 and s["order_pairs"] == 1
+    assert s["unc/err_rate/bin0"] == 0.0 and s["unc/frac/bin0"] == 1.0
+
+
+def test_empty_prediction_scores_zero_and_misses_every_layer() -> None:
+    s = summarise(np.zeros((0, H, W), bool), [], tf_terminal=FRONT)
+    assert s["miou_free"] == 0.0 and s["iou_free/layer1"] == 0.0
+    assert s["missed_layer_rate"] == 1.0 and s["layer_count_acc"] == 0.0
+    assert s["ap"] == 0.0 and s["invisible_iou"] == 0.0
+    assert "order_acc" not in s and s["order_pairs"] == 0
+    assert s["stop_acc"] == 0.0  # it did not stop given the complete C_L
+
+
+def test_empty_scene_predicted_empty_is_perfect() -> None:
+    truth = ObjectsTruth(np.zeros((0, H, W), bool), np.zeros((0, H, W), bool), np.zeros((0, 2)))
+    record = score_image(
+        np.zeros((0, H, W), bool), np.zeros((0, H, W), bool), objects_truth=truth, pred_objects=[]
+    )
+    acc = MetricsAccumulator()
+    acc.add(record)
+    s = acc.summary()
+    assert s["miou_free"] == 1.0 and s["layer_count_acc"] == 1.0
+    assert "ap" not in s  # no ground truth: AP is undefined, not 0 or 1
+
+
+def test_swapped_layers_score_by_index() -> None:
+    s = summarise(TRUE_LAYERS[::-1].copy())
+    cross = lm.mask_iou(FRONT | LONE, BACK)
+    assert s["iou_free/layer0"] == pytest.approx(cross) and s["iou_free/layer1"] == pytest.approx(cross)
+    assert s["miou_free"] == pytest.approx(cross) and s["layer_count_acc"] == 1.0
+
+
+def test_missed_layer_counts_zero() -> None:
+    s = summarise(TRUE_LAYERS[:1])
+    assert s["iou_free/layer0"] == 1.0 and s["iou_free/layer1"] == 0.0
+    assert s["miou_free"] == 0.5 and s["missed_layer_rate"] == 1.0
+
+
+def test_extra_layer_is_counted_and_lowers_miou() -> None:
+    pred = np.concatenate([TRUE_LAYERS, box(0, 12, 4, 16)[None]])
+    s = summarise(pred)
+    assert s["iou_free/layer0"] == 1.0 and s["iou_free/layer1"] == 1.0 and "iou_free/layer2" not in s
+    assert s["miou_free"] == pytest.approx(2 / 3)
+    assert s["extra_layer_rate"] == 1.0 and s["layer_count_acc"] == 0.0
+    assert lm.extra_layers(pred, TRUE_LAYERS) == 1 and lm.missed_layers(pred, TRUE_LAYERS) == 0
+
+
+def test_flipped_order_keeps_ap_but_fails_the_pair() -> None:
+    objects = [Obj(FRONT, 0.9, 1), Obj(LONE, 0.8, 0), Obj(BACK, 0.7, 0)]
+    s = summarise(TRUE_LAYERS, objects)
+    assert s["ap50"] == 1.0 and s["order_pairs"] == 1 and s["order_acc"] == 0.0
+
+
+def test_modal_prediction_of_an_occluded_object_has_zero_invisible_iou() -> None:
+    objects = [Obj(FRONT, 0.9, 0), Obj(LONE, 0.8, 0), Obj(BACK & ~FRONT, 0.7, 1)]
+    s = summarise(TRUE_LAYERS, objects)
+    assert s["invisible_iou"] == 0.0
+    assert s["ap50"] == 1.0  # IoU(visible part, amodal) = 40/49 >= 0.5
+
+
+def test_instance_metrics_are_skipped_for_layer_only_rows() -> None:
+    s = summarise(TRUE_LAYERS, None, truth=None)
+    assert not any(k.startswith(("ap", "invisible", "order", "instances")) for k in s)
+
+
+def test_average_precision_matches_the_coco_101_point_rule() -> None:
+    # ranks: TP, FP, TP over 2 GT -> envelope 1 up to recall 0.5, then 2/3
+    ap = im.average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2)
+    assert ap == pytest.approx((51 * 1.0 + 50 * 2 / 3) / 101)
+    assert np.isnan(im.average_precision(np.zeros(0), np.zeros(0, bool), 0))
+    assert im.average_precision(np.zeros(0), np.zeros(0, bool), 3) == 0.0
+
+
+def test_hungarian_matching_beats_greedy_and_respects_the_threshold() -> None:
+    ious = np.array([[0.6, 0.55], [0.7, 0.0]])
+    assert im.match(ious, 0.5) == {0: 1, 1: 0}  # greedy by best pair would leave pred 0 unmatched
+    assert im.match(ious, 0.65) == {1: 0}
+    flags = im.true_positives(ious)
+    assert flags[0].tolist() == [True, True] and flags[-1].tolist() == [False, False]
+
+
+def test_iou_matrix_agrees_with_mask_iou() -> None:
+    matrix = im.iou_matrix(np.stack([FRONT, BACK]), np.stack([BACK, LONE, FRONT]))
+    expected = [[lm.mask_iou(p, t) for t in (BACK, LONE, FRONT)] for p in (FRONT, BACK)]
+    assert np.allclose(matrix, expected)
+
+
+def test_uncertainty_bins_count_errors_per_bin() -> None:
+    unc = np.array([0.0, 0.0, 0.0, 0.22, 0.22, 0.07])
+    err = np.array([False, False, True, True, False, True])
+    count, errors = lm.uncertainty_bins(unc, err)
+    assert count.tolist() == [3, 0, 1, 0, 0, 2] and errors.tolist() == [1, 0, 1, 0, 0, 1]
+
+
+def test_accumulator_averages_images_and_renders_tables() -> None:
+    acc = MetricsAccumulator()
+    acc.add(score_image(TRUE_LAYERS, TRUE_LAYERS, scene_id=1, unet_passes=30))
+    acc.add(score_image(TRUE_LAYERS, TRUE_LAYERS[:1], scene_id=2, unet_passes=10))
+    s = acc.summary()
+    assert s["images"] == 2 and s["miou_free"] == 0.75 and s["iou_free/layer1"] == 0.5
+    assert s["unet_passes_mean"] == 20
+    table = acc.markdown("test")
+    assert "| miou_free | 0.7500 |" in table and "| images | 2 |" in table
+    assert [row["scene_id"] for row in acc.image_rows()] == [1, 2]
+    both = summary_markdown({"a": s, "b": {"miou_free": 0.5}})
+    assert "| miou_free | 0.7500 | 0.5000 |" in both and "| images | 2 | – |" in both
