@@ -1,0 +1,328 @@
+"""What every importer shares: resizing, the import report, shards + manifest, the Ray fan-out.
+
+Resizing stretches to ``size x size`` (no letterbox): images bilinear (PIL, anti-aliased when
+shrinking), masks nearest neighbour at the same pixel-centre geometry, so a mask pixel samples the
+source pixel under its centre. An input already at the target size is not resampled (lossless).
+
+Output follows ``synth/generate.py``: ``shard-00000.parquet`` ... written to ``_tmp/`` and moved into
+place when complete, then ``manifest.json`` (schema version, importer config, counts, layer
+histograms, shard list, and the import report: what was skipped and why).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem
+from synth.schema import ARROW_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, scenes_to_table
+from synth.shards import (
+    CONFIG_KEY,
+    STATS_KEY,
+    TMP_DIR,
+    empty_stats,
+    merge_stats,
+    row_group_scenes,
+    shard_name,
+)
+from synth.splits import SPLITS
+
+EXAMPLES_PER_REASON = 5
+
+
+class UserError(Exception):
+    """Bad input or environment; reported as one line and exit status 2."""
+
+
+def one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def check_size(size: int) -> int:
+    """The target side must suit the model: a multiple of 16 from 32 to 512 (as for generate.py)."""
+    if not (32 <= size <= 512 and size % 16 == 0):
+        raise UserError(f"--size must be a multiple of 16 between 32 and 512, got {size}")
+    return size
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8[H, W, 3] -> uint8[size, size, 3], bilinear (unchanged when already that size)."""
+    if image.shape[:2] == (size, size):
+        return image
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """bool[K, H, W] -> bool[K, size, size], nearest neighbour at pixel centres (PIL's geometry)."""
+    _, height, width = masks.shape
+    if (height, width) == (size, size):
+        return masks
+    rows = np.minimum(((np.arange(size) + 0.5) * height / size).astype(np.int64), height - 1)
+    cols = np.minimum(((np.arange(size) + 0.5) * width / size).astype(np.int64), width - 1)
+    return masks[:, rows[:, None], cols[None, :]]
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file -> uint8[H, W, 3] (any PIL mode converted to RGB; no EXIF rotation, as COCO)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+class ImportReport:
+    """Counts of skipped inputs and of warnings by reason, with a few example messages each."""
+
+    def __init__(self) -> None:
+        self.skipped: Counter = Counter()
+        self.warnings: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+
+    def _example(self, reason: str, detail: str) -> None:
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append(detail)
+
+    def skip(self, reason: str, detail: str) -> None:
+        """One input (image / scene) not imported."""
+        self.skipped[reason] += 1
+        self._example(reason, detail)
+
+    def warn(self, reason: str, detail: str, count: int = 1) -> None:
+        """Imported, with a caveat worth knowing."""
+        self.warnings[reason] += count
+        self._example(reason, detail)
+
+    def merge(self, other: ImportReport) -> ImportReport:
+        self.skipped.update(other.skipped)
+        self.warnings.update(other.warnings)
+        for reason, examples in other.examples.items():
+            for detail in examples:
+                self._example(reason, detail)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": dict(sorted(self.skipped.items())),
+            "warnings": dict(sorted(self.warnings.items())),
+            "examples": {k: self.examples[k] for k in sorted(self.examples)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ImportReport:
+        report = cls()
+        report.skipped.update(data.get("skipped", {}))
+        report.warnings.update(data.get("warnings", {}))
+        report.examples = {k: list(v) for k, v in data.get("examples", {}).items()}
+        return report
+
+    def lines(self) -> list[str]:
+        """Human-readable lines, one per reason: ``skipped 2 missing_image (e.g. a.jpg; b.jpg)``."""
+        out = []
+        for kind, counter in (("skipped", self.skipped), ("warning", self.warnings)):
+            for reason in sorted(counter):
+                examples = "; ".join(self.examples.get(reason, [])[:2])
+                out.append(f"{kind} {counter[reason]} {reason}" + (f" (e.g. {examples})" if examples else ""))
+        return out
+
+
+def pick_split(forced: str | None, given: Any, seed: int, scene_id: int) -> str:
+    """``--split`` if given, else the source's own split if it is one of ours, else a stable hash."""
+    from synth.splits import split_of
+
+    if forced is not None:
+        return forced
+    if isinstance(given, str) and given in SPLITS:
+        return given
+    return split_of(seed, scene_id)
+
+
+# ----- output
+
+
+def prepare_output(out: str, endpoint: str | None, overwrite: bool) -> None:
+    """Check ``out`` is empty (or, with ``overwrite``, holds only a dataset, which is removed)."""
+    from pyarrow import fs
+
+    try:
+        filesystem, root = open_filesystem(out, endpoint, create_bucket=True)
+        info = filesystem.get_file_info(root)
+        if info.type == fs.FileType.File:
+            raise UserError(f"--out {out} is a file; give a folder or s3://bucket/prefix")
+        entries = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
+        raise UserError(f"cannot access {out}: {one_line(exc)}") from None
+    ours = [e for e in entries if SHARD_PATTERN.match(e.base_name) or e.base_name in (MANIFEST_NAME, TMP_DIR)]
+    foreign = sorted(e.base_name for e in entries if e not in ours)
+    if foreign:
+        raise UserError(
+            f"{out} holds files that are not a dataset ({foreign[0]}, ...): choose an empty --out"
+        )
+    if ours and not overwrite:
+        raise UserError(f"{out} already holds a dataset: choose an empty --out, or pass --overwrite")
+    for entry in ours:
+        if entry.type == fs.FileType.Directory:
+            filesystem.delete_dir(entry.path)
+        else:
+            filesystem.delete_file(entry.path)
+    try:
+        filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot write to {out}: {one_line(exc)}") from None
+
+
+def write_scene_shard(
+    out: str, endpoint: str | None, index: int, scenes: Iterable[Scene], config: dict, size: int
+) -> dict | None:
+    """Write ``scenes`` to ``shard-<index>.parquet`` atomically; its stats, or None if no scenes."""
+    import pyarrow.parquet as pq
+
+    filesystem, root = open_filesystem(out, endpoint)
+    name = shard_name(index)
+    tmp = _join(root, f"{TMP_DIR}/{name}.{uuid.uuid4().hex}")
+    histograms = {key: Counter() for key in ("splits", "layers", "num_layers", "objects")}
+    num_scenes = 0
+    schema = ARROW_SCHEMA.with_metadata(
+        {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), CONFIG_KEY: json.dumps(config, sort_keys=True)}
+    )
+    filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
+    scenes = iter(scenes)
+    try:
+        with filesystem.open_output_stream(tmp) as stream:
+            with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
+                while block := list(islice(scenes, row_group_scenes(size))):
+                    writer.write_table(scenes_to_table(block), row_group_size=len(block))
+                    num_scenes += len(block)
+                    for scene in block:
+                        histograms["splits"][scene.split] += 1
+                        histograms["layers"].update(scene.object_layer.tolist())
+                        histograms["num_layers"][scene.num_layers] += 1
+                        histograms["objects"][scene.num_objects] += 1
+                stats = empty_stats()
+                stats["num_scenes"] = num_scenes
+                for key, counter in histograms.items():
+                    stats[key] = {str(k): int(counter[k]) for k in sorted(counter)}
+                stats["file"] = name
+                writer.add_key_value_metadata({STATS_KEY: json.dumps(stats, sort_keys=True)})
+        if not num_scenes:
+            filesystem.delete_file(tmp)
+            return None
+        filesystem.move(tmp, _join(root, name))
+    except BaseException:
+        try:
+            filesystem.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+    return stats
+
+
+def write_import_manifest(
+    out: str,
+    endpoint: str | None,
+    config: dict,
+    shard_stats: list[dict],
+    report: ImportReport,
+    has_instances: bool,
+) -> str:
+    """Write ``manifest.json`` (temp object, then move); return its path/URI."""
+    filesystem, root = open_filesystem(out, endpoint)
+    total = empty_stats()
+    for stats in shard_stats:
+        merge_stats(total, stats)
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "source": config["source"],
+        "has_instances": has_instances,
+        "config": config,
+        "num_scenes": total["num_scenes"],
+        "counts": {split: total["splits"].get(split, 0) for split in SPLITS},
+        "layer_histogram": total["layers"],
+        "num_layers_histogram": total["num_layers"],
+        "objects_per_scene_histogram": total["objects"],
+        "shards": [{"file": s["file"], "num_scenes": s["num_scenes"]} for s in shard_stats],
+        "import_report": report.to_dict(),
+    }
+    tmp = _join(root, f"{TMP_DIR}/{MANIFEST_NAME}.{os.getpid()}")
+    with filesystem.open_output_stream(tmp) as stream:
+        stream.write(json.dumps(manifest, indent=2).encode())
+    filesystem.move(tmp, _join(root, MANIFEST_NAME))
+    try:
+        filesystem.delete_dir(_join(root, TMP_DIR))
+    except OSError:
+        pass
+    return (
+        out.rstrip("/") + "/" + MANIFEST_NAME if out.startswith("s3://") else str(Path(root) / MANIFEST_NAME)
+    )
+
+
+# ----- running shards in-process or on Ray Data
+
+ShardConverter = Callable[[dict, dict, ImportReport], Iterator[Scene]]
+
+
+def converter(source: str) -> ShardConverter:
+    """The function turning one shard's payload into scenes, by source name (importable in workers)."""
+    if source == "coco":
+        from synth.importers.coco import scenes_from_payload
+    elif source == "sas-folders":
+        from synth.importers.sas_folders import scenes_from_payload
+    else:
+        raise ValueError(source)
+    return scenes_from_payload
+
+
+def import_shard(out: str, endpoint: str | None, index: int, payload: dict, config: dict) -> dict:
+    """Convert and write one shard; returns ``{"stats": dict | None, "report": dict}``."""
+    report = ImportReport()
+    scenes = converter(config["source"])(payload, config, report)
+    stats = write_scene_shard(out, endpoint, index, scenes, config, config["size"])
+    return {"stats": stats, "report": report.to_dict()}
+
+
+def run_shards(
+    out: str,
+    endpoint: str | None,
+    payloads: list[dict],
+    config: dict,
+    use_ray: bool,
+    on_shard: Callable[[dict], None],
+) -> None:
+    """Convert every payload into a shard (index = position); ``on_shard(result)`` as each finishes."""
+    if not use_ray:
+        for index, payload in enumerate(payloads):
+            on_shard(import_shard(out, endpoint, index, payload, config))
+        return
+    import ray.data
+
+    from synth.generate import init_ray
+
+    init_ray()
+
+    def convert(batch: dict) -> dict:
+        results = [
+            import_shard(out, endpoint, int(i), json.loads(p), config)
+            for i, p in zip(batch["index"], batch["payload"], strict=True)
+        ]
+        return {"result": [json.dumps(r) for r in results]}
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    items = [{"index": i, "payload": json.dumps(p)} for i, p in enumerate(payloads)]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    dataset = dataset.map_batches(convert, batch_size=1, num_cpus=1)
+    for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
+        for item in batch["result"]:
+            on_shard(json.loads(item))
