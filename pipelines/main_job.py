@@ -1,0 +1,173 @@
+"""The main job, end to end on the embedded default (local Ray, local MLflow, local disk).
+
+    python pipelines/main_job.py                 # ~25 min on 2 CPU cores
+    python pipelines/main_job.py --minutes 3 --scenes 4000   # a quick smoke run
+
+Stages, each one the project's own command run as a subprocess (so each gets a fresh Ray):
+
+1. ``synth/generate.py``: synthetic occlusion scenes into Parquet (``--data``, resumable);
+2. ``synth/preview.py``: a contact sheet of the dataset;
+3. ``pipelines/train.py``: Ray Train training of the ``--preset`` for ``--minutes`` (MLflow run,
+   model registered as ``sas`` with alias ``champion`` when its validation mIoU is the best so far);
+4. ``pipelines/evaluate.py``: metrics of the trained checkpoint on held-out test scenes;
+5. ``pipelines/predict.py``: layer masks, objects and overlays for a folder of held-out images.
+
+A stage that fails stops the job with its exit code; rerunning the same command resumes: the
+dataset is not regenerated and a finished training run is not retrained (``--name`` names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: import the package from the repo root, not pipelines/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from pipelines import common  # noqa: E402
+
+REPO_ROOT = common.REPO_ROOT
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scenes", type=common.parse_number, default=20_000, help="scenes to generate")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--preset", default="tiny", help="model preset: tiny|small|paper or a JSON file")
+    p.add_argument("--minutes", type=common.parse_positive_float, default=15.0, help="training budget")
+    p.add_argument("--steps", type=common.parse_number, default=None, help="step cap (default: preset)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    p.add_argument("--data", default="data/main", help="dataset folder")
+    p.add_argument("--out", default="outputs/main", help="folder for sheets, metrics and predictions")
+    p.add_argument("--name", default=None, help="training run name (default main-<preset>)")
+    p.add_argument("--eval-scenes", type=common.parse_number, default=200, help="test scenes to evaluate")
+    p.add_argument("--predict-images", type=common.parse_number, default=8, help="images to predict")
+    p.add_argument("--mlflow-uri", default=None, help="tracking URI (default ./mlruns/mlflow.db)")
+    return p.parse_args(argv)
+
+
+def run_stage(title: str, argv: list[str], times: dict[str, float]) -> list[str]:
+    """Run one project command with this interpreter from the repo root, echoing and returning its
+    output lines; exit like it on failure."""
+    print(f"\n=== {title}: {' '.join(argv)}", flush=True)
+    started = time.time()
+    lines: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, *argv], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+            lines.append(line.rstrip("\n"))
+    times[title] = time.time() - started
+    if proc.returncode != 0:
+        common.fail(
+            f"stage '{title}' failed (exit {proc.returncode}); fix the cause above and rerun to resume",
+            proc.returncode,
+        )
+    return lines
+
+
+def trained_model_uri(train_output: list[str], register_name: str) -> str:
+    """The model this training run produced, from train.py's ``[train] done: {json}`` line.
+
+    A rerun of a finished run trains nothing and prints no summary: then the registered champion.
+    """
+    for line in reversed(train_output):
+        if line.startswith("[train] done: "):
+            summary = json.loads(line[len("[train] done: ") :])
+            if summary.get("version") is not None:
+                return f"models:/{summary.get('name', register_name)}/{summary['version']}"
+            if summary.get("checkpoint"):
+                return str(summary["checkpoint"])
+    return f"models:/{register_name}@champion"
+
+
+def export_test_images(data: str, out_dir: Path, count: int) -> Path:
+    """Write the first ``count`` test-split images as PNGs (the input of the prediction stage)."""
+    from synth.reader import iter_scenes
+    from synth.schema import encode_png
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, scene in enumerate(iter_scenes(data, split="test")):
+        if i >= count:
+            break
+        target = out_dir / f"scene-{scene.scene_id:08d}.png"
+        if not target.exists():
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(encode_png(scene.image))
+            tmp.replace(target)
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    common.apply_env_defaults()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = args.name or f"main-{Path(args.preset).stem}"
+    mlflow = ["--mlflow-uri", args.mlflow_uri] if args.mlflow_uri else []
+    times: dict[str, float] = {}
+
+    run_stage(
+        "generate",
+        ["synth/generate.py", "--n", str(args.scenes), "--size", str(args.size), "--out", args.data],
+        times,
+    )
+    run_stage(
+        "preview", ["synth/preview.py", args.data, "--n", "12", "--out", str(out / "preview.png")], times
+    )
+    train = [
+        "pipelines/train.py",
+        "--data",
+        args.data,
+        "--preset",
+        args.preset,
+        "--minutes",
+        str(args.minutes),
+    ]
+    train += ["--name", name, "--alias-policy", "better", *mlflow]
+    if args.steps:
+        train += ["--steps", str(args.steps)]
+    for item in args.set:
+        train += ["--set", item]
+    model_uri = trained_model_uri(run_stage("train", train, times), "sas")
+
+    evaluate = ["pipelines/evaluate.py", "--model", model_uri, "--data", args.data, "--split", "test"]
+    run_stage(
+        "evaluate", evaluate + ["--limit", str(args.eval_scenes), "--out", str(out / "eval"), *mlflow], times
+    )
+    inputs = export_test_images(args.data, out / "inputs", args.predict_images)
+    predict = [
+        "pipelines/predict.py",
+        "--model",
+        model_uri,
+        "--input",
+        str(inputs),
+        "--out",
+        str(out / "predict"),
+    ]
+    run_stage("predict", predict + mlflow, times)
+
+    summary = {
+        "dataset": args.data,
+        "model": model_uri,
+        "registered": "models:/sas@champion (when this run's val mIoU was the best so far)",
+        "preview": str(out / "preview.png"),
+        "metrics": str(out / "eval"),
+        "predictions": str(out / "predict"),
+        "stage_seconds": {k: round(v) for k, v in times.items()},
+    }
+    print("\n=== main job done\n" + json.dumps(summary, indent=2), flush=True)
+    uri = args.mlflow_uri or "sqlite:///mlruns/mlflow.db"
+    print(
+        f"Browse runs and registered models: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
