@@ -109,6 +109,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), parse_value(raw)
 
 
+def training_parser(doc: str, preset_help: str, set_help: str) -> argparse.ArgumentParser:
+    """The parser train.py and tune.py share: description from ``doc``; --data, --preset, --set."""
+    summary, _, details = doc.partition("\n\n")
+    p = argparse.ArgumentParser(
+        description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--data", required=True, help="dataset directory or s3:// URI written by synth")
+    p.add_argument("--preset", default="tiny", help=preset_help)
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=parse_override,
+        metavar="KEY=VALUE",
+        help=set_help,
+    )
+    return p
+
+
 def in_ray_job() -> bool:
     """True when this process is the entrypoint of a ``ray job submit`` job."""
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ

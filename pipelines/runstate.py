@@ -79,6 +79,26 @@ def check_compatible(directory: str, cfg: Any) -> bool:
     return has_snapshot
 
 
+def checkpoint_candidates(checkpoint: Any) -> list[Any]:
+    """``checkpoint`` (the one Ray Train resumes from), then the older ``checkpoint_*`` folders of the
+    same run, newest first, so a worker can fall back when the newest one is unreadable.
+
+    Ray names them ``checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>``, so name order is time order.
+    """
+    from pyarrow import fs
+    from ray.train import Checkpoint
+
+    filesystem = checkpoint.filesystem
+    parent, _, current = checkpoint.path.rstrip("/").rpartition("/")
+    try:
+        entries = filesystem.get_file_info(fs.FileSelector(parent, allow_not_found=True))
+    except OSError:
+        return [checkpoint]
+    names = [e.base_name for e in entries if e.type == fs.FileType.Directory]
+    older = sorted((n for n in names if n.startswith("checkpoint_") and n < current), reverse=True)
+    return [checkpoint] + [Checkpoint(f"{parent}/{name}", filesystem=filesystem) for name in older]
+
+
 def save_run_config(directory: str, cfg: Any) -> None:
     if _read_text(f"{directory}/{RUN_CONFIG_FILE}") is None:
         _write_text(f"{directory}/{RUN_CONFIG_FILE}", json.dumps({"model_config": cfg.to_dict()}, indent=2))

@@ -46,20 +46,10 @@ CHAMPION_METRIC = "val/miou_free"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    summary, _, details = __doc__.partition("\n\n")
-    p = argparse.ArgumentParser(
-        description=summary, epilog=details, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--data", required=True, help="dataset directory or s3:// URI written by synth")
-    p.add_argument("--preset", default="tiny", help="tiny|small|paper or a preset JSON file")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        type=common.parse_override,
-        metavar="KEY=VALUE",
-        help="dotted config override, e.g. train.lr=3e-4 (repeatable)",
+    p = common.training_parser(
+        __doc__,
+        preset_help="tiny|small|paper or a preset JSON file",
+        set_help="dotted config override, e.g. train.lr=3e-4 (repeatable)",
     )
     p.add_argument("--workers", type=common.parse_number, default=1, help="Ray Train workers (default 1)")
     p.add_argument("--steps", type=common.parse_number, help="optimiser steps (default: config train.steps)")
@@ -83,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default=common.DEFAULT_EXPERIMENT, help="MLflow experiment (default sas)")
     p.add_argument("--gpu", choices=("auto", "on", "off"), default="auto", help="use GPUs (default: if any)")
     p.add_argument("--max-failures", type=common.parse_number, default=2, help="worker-group restarts")
+    p.add_argument(
+        "--placement",
+        choices=("pack", "spread"),
+        default="pack",
+        help="worker placement: pack onto few nodes (default) or spread one per node where possible",
+    )
     p.add_argument("--keep", type=common.parse_number, default=3, help="checkpoints kept (newest)")
     p.add_argument("--ckpt-every", type=common.parse_number, help="steps between checkpoints")
     p.add_argument(

@@ -37,6 +37,15 @@ def _all_ranks_agree(flag: bool, device: torch.device) -> bool:
     return bool(tensor.item())
 
 
+def _rank0_int(value: int, device: torch.device) -> int:
+    """Rank 0's ``value`` on every rank (a broadcast; no-op without DDP)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.broadcast(tensor, src=0)
+    return int(tensor.item())
+
+
 def _restore(checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any) -> TrainerState:
     from sas_model.checkpoint import load_model
 
@@ -45,6 +54,23 @@ def _restore(checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any) 
         state = load_trainer_state(directory, optimizer)
         ema.load_state_dict(load_model(directory, use_ema=True, device="cpu").state_dict(), state.ema_updates)
     return state
+
+
+def _restore_newest_readable(
+    checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any, rank: int
+) -> TrainerState:
+    """Restore from ``checkpoint``; if it is unreadable (truncated upload, corrupt file), from the
+    newest older checkpoint of the run that loads. Every rank walks the same list, so all agree."""
+    from pipelines.runstate import checkpoint_candidates
+
+    for candidate in checkpoint_candidates(checkpoint):
+        try:
+            return _restore(candidate, model, ema, optimizer)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: try the previous checkpoint
+            if rank == 0:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+                say(f"[train] warning: checkpoint {candidate.path} unreadable ({reason}); trying older")
+    raise RuntimeError(f"no readable checkpoint in {checkpoint.path}/..; start a new run with another --name")
 
 
 def _save(directory: str, model: torch.nn.Module, ema: EMA, optimizer: Any, state: TrainerState) -> None:
@@ -84,6 +110,16 @@ def _batches(shard: Any, state: TrainerState, per_worker_batch: int, loop_cfg: d
         epoch += 1
 
 
+def schedule_step(step: int, total_steps: int, loop_start: float, deadline: float | None) -> int:
+    """The step the LR schedule is at: with a wall-clock budget, the further of the step count and
+    the elapsed fraction of the budget, so the cosine decay ends when the time does (a ``--minutes``
+    run that stops at step 2,000 of 3,000 still finishes at the low LR)."""
+    if deadline is None or deadline <= loop_start:
+        return step
+    fraction = (time.time() - loop_start) / (deadline - loop_start)
+    return max(step, min(total_steps, int(fraction * total_steps)))
+
+
 def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
     """Ray Train entry: ``loop_cfg`` is built by ``pipelines.train.build_loop_config``.
 
@@ -117,7 +153,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             f"code from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
         )
     checkpoint = ray.train.get_checkpoint()
-    state = _restore(checkpoint, model, ema, optimizer) if checkpoint else TrainerState()
+    state = TrainerState()
+    if checkpoint:
+        state = _restore_newest_readable(checkpoint, model, ema, optimizer, rank)
     if checkpoint and rank == 0:
         say(f"[train] resumed from step {state.step} (epoch {state.epoch})")
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
@@ -138,6 +176,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
 
     shard = ray.train.get_dataset_shard("train")
     stream = _batches(shard, state, per_worker_batch, loop_cfg, device)
+    loop_start = time.time()
     window = {"loss": 0.0, "count": 0, "wait": 0.0, "start": time.perf_counter(), "samples": 0}
     steady = {"samples": 0, "wait": 0.0, "time": 0.0, "windows": 0}  # all windows after the first
     consecutive_bad = 0
@@ -161,7 +200,15 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             generator=aug_generator,
         )
         cumulative_mask = perturb_cumulative_mask(cumulative_mask, loop_cfg["cmask_noise_p"], aug_generator)
-        lr = lr_at(state.step, loop_cfg["lr"], loop_cfg["warmup_steps"], total_steps)
+        lr_step = state.step
+        if deadline is not None:  # rank 0's clock decides, so every rank applies the same LR
+            lr_step = _rank0_int(schedule_step(state.step, total_steps, loop_start, deadline), device)
+        lr = lr_at(
+            lr_step,
+            loop_cfg["lr"],
+            loop_cfg["warmup_steps"],
+            total_steps,
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
 

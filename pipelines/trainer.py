@@ -26,8 +26,13 @@ def fit(
     name: str,
     cpus: float,
     use_gpu: bool,
+    callbacks: list[Any] | None = None,
 ) -> Any:
-    """Run the trainer and return its ``Result`` (``fit()`` errors are returned in ``result.error``)."""
+    """Run the trainer and return its ``Result`` (``fit()`` errors are returned in ``result.error``).
+
+    ``callbacks`` go to ``RunConfig(callbacks=...)``; ``pipelines/tune.py`` passes Ray Tune's
+    ``TuneReportCallback`` so each trial's reports reach the Tuner.
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -39,7 +44,10 @@ def fit(
         train_loop_config=loop_cfg,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=int(args.workers), use_gpu=use_gpu, resources_per_worker={"CPU": cpus}
+            num_workers=int(args.workers),
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": cpus},
+            placement_strategy=str(getattr(args, "placement", "pack")).upper(),
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -47,6 +55,7 @@ def fit(
             storage_filesystem=storage_filesystem,
             failure_config=ray.train.FailureConfig(max_failures=int(args.max_failures)),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, int(args.keep))),
+            callbacks=list(callbacks or []),
         ),
         datasets={"train": train_dataset},
     )

@@ -166,6 +166,7 @@ class Validator:
             )
         metrics = {f"val/iou_free/layer{k}": float(np.mean(v)) for k, v in sorted(per_layer.items())}
         metrics["val/miou_free"] = float(np.mean(scene_means))
+        metrics["val/unet_passes"] = float(np.mean([r.unet_passes for r in results]))  # per image
         metrics["val/layer_count_acc"] = float(
             np.mean(
                 [

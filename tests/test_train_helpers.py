@@ -153,3 +153,15 @@ def test_train_cli_help_runs_without_ray():
         check=True,
     )
     assert "--alias-policy" in out.stdout and "ray job submit" in out.stdout
+
+
+def test_schedule_step_follows_the_wall_clock_budget_when_it_runs_ahead() -> None:
+    import time
+
+    from pipelines.train_loop import schedule_step
+
+    now = time.time()
+    assert schedule_step(10, 1000, now, None) == 10  # no budget: the step count
+    assert schedule_step(10, 1000, now - 50, now + 50) == 500  # half the time gone: half the schedule
+    assert schedule_step(900, 1000, now - 50, now + 50) == 900  # steps ahead of the clock win
+    assert schedule_step(10, 1000, now - 500, now - 1) == 1000  # past the deadline: the floor
