@@ -593,14 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=details,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=None,
-        help="state folder (default $SAS_STACK_DIR or ~/.local/state/sas-stack)",
-    )
+    state_help = "state folder (default $SAS_STACK_DIR or ~/.local/state/sas-stack)"
+    p.add_argument("--state-dir", type=Path, default=None, help=state_help)
+    # also accepted after the subcommand (`stack.py down --state-dir D`); SUPPRESS keeps the
+    # top-level value when the subcommand does not repeat it
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS, help=state_help)
     sub = p.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="start the services that are not running")
+    up = sub.add_parser("up", parents=[common], help="start the services that are not running")
     up.add_argument("--host", default="127.0.0.1", help="address every server binds to (default 127.0.0.1)")
     up.add_argument(
         "--backend", choices=("sqlite", "postgres"), default="sqlite", help="MLflow backend store"
@@ -613,9 +613,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--dashboard-port", type=int, default=8265, help="dashboard / jobs API port (default 8265)"
     )
-    sub.add_parser("status", help="show services, PIDs and listening addresses")
-    sub.add_parser("env", help="print export lines for clients (no secret values)")
-    down = sub.add_parser("down", help="stop this stack's processes")
+    sub.add_parser("status", parents=[common], help="show services, PIDs and listening addresses")
+    sub.add_parser("env", parents=[common], help="print export lines for clients (no secret values)")
+    down = sub.add_parser("down", parents=[common], help="stop this stack's processes")
     down.add_argument("--purge", action="store_true", help="also delete the state folder (data, DB, secrets)")
     return p
 

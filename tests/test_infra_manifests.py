@@ -141,9 +141,12 @@ def test_stack_cli_help(command):
     assert "usage: infra/stack.py" in done.stdout
 
 
-def test_stack_env_without_a_stack_is_one_line_error(tmp_path):
+@pytest.mark.parametrize("state_dir_first", [True, False], ids=["before-subcommand", "after-subcommand"])
+def test_stack_env_without_a_stack_is_one_line_error(tmp_path, state_dir_first):
+    state = ["--state-dir", str(tmp_path / "none")]
+    argv = [*state, "env"] if state_dir_first else ["env", *state]
     done = subprocess.run(
-        [sys.executable, "infra/stack.py", "--state-dir", str(tmp_path / "none"), "env"],
+        [sys.executable, "infra/stack.py", *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
