@@ -29,7 +29,18 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
 
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem  # noqa: E402
 from synth.render import RenderConfig  # noqa: E402
-from synth.shards import TMP_DIR, JobConfig, empty_stats, merge_stats, read_shard_stats, shard_name  # noqa: E402
+from synth.shards import (  # noqa: E402
+    TMP_DIR,
+    JobConfig,
+    UserError,
+    delete_entries,
+    empty_stats,
+    list_output,
+    merge_stats,
+    publish_manifest,
+    read_shard_stats,
+    shard_name,
+)
 
 MAX_DEFAULT_SHARD_SIZE = 5000
 
@@ -40,10 +51,6 @@ def default_shard_size(n: int) -> int:
     Depends on n only (not on this machine's cores), so the same command always resumes.
     """
     return min(MAX_DEFAULT_SHARD_SIZE, max(250, -(-n // 16)))
-
-
-class UserError(Exception):
-    """Bad input or environment; reported as one line and exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,16 +120,7 @@ def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bo
     """Check/clean the output location; return stats of shards already complete for this config."""
     from pyarrow import fs
 
-    try:
-        filesystem, root = open_filesystem(out, endpoint, create_bucket=True)
-        info = filesystem.get_file_info(root)
-        if info.type == fs.FileType.File:
-            raise UserError(f"--out {out} is a file; give a folder or s3://bucket/prefix")
-        entries = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
-        raise UserError(f"cannot access {out}: {_one_line(exc)}") from None
+    filesystem, root, entries = list_output(out, endpoint)
     names = {e.base_name: e for e in entries}
     ours = [n for n in names if SHARD_PATTERN.match(n) or n in (MANIFEST_NAME, TMP_DIR)]
     foreign = sorted(set(names) - set(ours))
@@ -132,12 +130,7 @@ def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bo
             "choose an empty --out, or pass --overwrite"
         )
     if overwrite:
-        for name in ours:
-            path = _join(root, name)
-            if names[name].type == fs.FileType.Directory:
-                filesystem.delete_dir(path)
-            else:
-                filesystem.delete_file(path)
+        delete_entries(filesystem, [names[name] for name in ours])
         names = {}
     elif MANIFEST_NAME in names:
         with filesystem.open_input_stream(_join(root, MANIFEST_NAME)) as stream:
@@ -245,17 +238,7 @@ def write_manifest(out: str, endpoint: str | None, job: JobConfig, shard_stats: 
         "objects_per_scene_histogram": total["objects"],
         "shards": shards,
     }
-    tmp = _join(root, f"{TMP_DIR}/{MANIFEST_NAME}.{os.getpid()}")
-    with filesystem.open_output_stream(tmp) as stream:
-        stream.write(json.dumps(manifest, indent=2).encode())
-    filesystem.move(tmp, _join(root, MANIFEST_NAME))
-    try:
-        filesystem.delete_dir(_join(root, TMP_DIR))
-    except OSError:
-        pass
-    return (
-        out.rstrip("/") + "/" + MANIFEST_NAME if out.startswith("s3://") else str(Path(root) / MANIFEST_NAME)
-    )
+    return publish_manifest(out, filesystem, root, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,15 +10,26 @@ shard's statistics, so a rerun can check a shard and rebuild the manifest withou
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from synth.reader import _join, open_filesystem
+from synth.reader import MANIFEST_NAME, _join, open_filesystem
 from synth.render import RenderConfig, render_block
-from synth.schema import ARROW_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, scene_from_masks, scenes_to_table
+from synth.schema import (
+    ARROW_SCHEMA,
+    SCHEMA_VERSION,
+    SCHEMA_VERSION_KEY,
+    Scene,
+    scene_from_masks,
+    scenes_to_table,
+)
 from synth.splits import split_of
 
 CONFIG_KEY = b"synth.generator_config"
@@ -80,57 +91,101 @@ def merge_stats(total: dict, part: dict) -> dict:
     return total
 
 
-def write_shard(out: str, endpoint_url: str | None, job: JobConfig, index: int) -> dict:
-    """Render shard ``index`` and publish it atomically; returns its stats dict."""
+class UserError(Exception):
+    """Bad input or environment (of the generator or an importer); one line and exit status 2."""
+
+
+def list_output(out: str, endpoint_url: str | None) -> tuple[Any, str, list[Any]]:
+    """Open ``out`` (creating an S3 bucket if needed) and list it: ``(filesystem, root, entries)``.
+
+    Raises ``UserError`` when ``out`` is a file or cannot be reached.
+    """
+    from pyarrow import fs
+
+    try:
+        filesystem, root = open_filesystem(out, endpoint_url, create_bucket=True)
+        if filesystem.get_file_info(root).type == fs.FileType.File:
+            raise UserError(f"--out {out} is a file; give a folder or s3://bucket/prefix")
+        entries = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
+        raise UserError(f"cannot access {out}: {' '.join(str(exc).split())[:300]}") from None
+    return filesystem, root, entries
+
+
+def delete_entries(filesystem: Any, entries: Iterable[Any]) -> None:
+    """Delete listed files and folders (a dataset being overwritten)."""
+    from pyarrow import fs
+
+    for entry in entries:
+        if entry.type == fs.FileType.Directory:
+            filesystem.delete_dir(entry.path)
+        else:
+            filesystem.delete_file(entry.path)
+
+
+def publish_manifest(out: str, filesystem: Any, root: str, manifest: dict) -> str:
+    """Write ``manifest.json`` atomically (temporary name, then rename), drop ``_tmp/``; its location."""
+    tmp = _join(root, f"{TMP_DIR}/{MANIFEST_NAME}.{os.getpid()}")
+    with filesystem.open_output_stream(tmp) as stream:
+        stream.write(json.dumps(manifest, indent=2).encode())
+    filesystem.move(tmp, _join(root, MANIFEST_NAME))
+    try:
+        filesystem.delete_dir(_join(root, TMP_DIR))
+    except OSError:
+        pass
+    if out.startswith("s3://"):
+        return out.rstrip("/") + "/" + MANIFEST_NAME
+    return str(Path(root) / MANIFEST_NAME)
+
+
+def write_scenes_atomic(
+    out: str,
+    endpoint_url: str | None,
+    name: str,
+    blocks: Iterable[list[Scene]],
+    config: dict,
+    extra_stats: dict | None = None,
+) -> dict | None:
+    """Write ``blocks`` of scenes (one row group each) to ``<out>/<name>`` atomically.
+
+    The footer gets the schema version, ``config`` and the shard's stats (histograms, ``file``, and
+    ``extra_stats``). Returns the stats, or None (and writes nothing) when there were no scenes.
+    Shared by the generator and the importers.
+    """
     import pyarrow.parquet as pq
 
     filesystem, root = open_filesystem(out, endpoint_url)
-    start, stop = job.shard_range(index)
-    name = shard_name(index)
     tmp = _join(root, f"{TMP_DIR}/{name}.{uuid.uuid4().hex}")
-    stats = empty_stats()
-    splits: Counter = Counter()
-    layers: Counter = Counter()
-    num_layers: Counter = Counter()
-    objects: Counter = Counter()
-    config_json = json.dumps(job.to_dict(), sort_keys=True)
+    histograms: dict[str, Counter] = {key: Counter() for key in ("splits", "layers", "num_layers", "objects")}
+    num_scenes = 0
     schema = ARROW_SCHEMA.with_metadata(
-        {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), CONFIG_KEY: config_json}
+        {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), CONFIG_KEY: json.dumps(config, sort_keys=True)}
     )
     filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
     try:
         with filesystem.open_output_stream(tmp) as stream:
             with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
-                step = row_group_scenes(job.render.size)
-                for block_start in range(start, stop, step):
-                    ids = np.arange(block_start, min(stop, block_start + step))
-                    block = render_block(job.seed, ids, job.render)
-                    scenes = [
-                        scene_from_masks(
-                            int(scene_id),
-                            split_of(job.seed, int(scene_id), job.render.split_fractions),
-                            block.images[i],
-                            block.amodal_masks[i],
-                            np.arange(len(block.amodal_masks[i])),
-                        )
-                        for i, scene_id in enumerate(ids)
-                    ]
-                    writer.write_table(scenes_to_table(scenes), row_group_size=len(scenes))
-                    for scene in scenes:
-                        splits[scene.split] += 1
-                        layers.update(scene.object_layer.tolist())
-                        num_layers[scene.num_layers] += 1
-                        objects[scene.num_objects] += 1
-                stats["num_scenes"] = stop - start
-                for key, counter in (
-                    ("splits", splits),
-                    ("layers", layers),
-                    ("num_layers", num_layers),
-                    ("objects", objects),
-                ):
+                for block in blocks:
+                    if not block:
+                        continue
+                    writer.write_table(scenes_to_table(block), row_group_size=len(block))
+                    num_scenes += len(block)
+                    for scene in block:
+                        histograms["splits"][scene.split] += 1
+                        histograms["layers"].update(scene.object_layer.tolist())
+                        histograms["num_layers"][scene.num_layers] += 1
+                        histograms["objects"][scene.num_objects] += 1
+                stats = empty_stats()
+                stats["num_scenes"] = num_scenes
+                for key, counter in histograms.items():
                     stats[key] = {str(k): int(counter[k]) for k in sorted(counter)}
-                stats.update({"file": name, "first_scene_id": start, "end_scene_id": stop})
+                stats.update({"file": name, **(extra_stats or {})})
                 writer.add_key_value_metadata({STATS_KEY: json.dumps(stats, sort_keys=True)})
+        if not num_scenes:
+            filesystem.delete_file(tmp)
+            return None
         filesystem.move(tmp, _join(root, name))
     except BaseException:
         try:
@@ -138,6 +193,39 @@ def write_shard(out: str, endpoint_url: str | None, job: JobConfig, index: int) 
         except OSError:
             pass
         raise
+    return stats
+
+
+def _rendered_blocks(job: JobConfig, start: int, stop: int) -> Iterator[list[Scene]]:
+    """The scenes ``start..stop-1`` of ``job``, rendered one row group at a time."""
+    step = row_group_scenes(job.render.size)
+    for block_start in range(start, stop, step):
+        ids = np.arange(block_start, min(stop, block_start + step))
+        block = render_block(job.seed, ids, job.render)
+        yield [
+            scene_from_masks(
+                int(scene_id),
+                split_of(job.seed, int(scene_id), job.render.split_fractions),
+                block.images[i],
+                block.amodal_masks[i],
+                np.arange(len(block.amodal_masks[i])),
+            )
+            for i, scene_id in enumerate(ids)
+        ]
+
+
+def write_shard(out: str, endpoint_url: str | None, job: JobConfig, index: int) -> dict:
+    """Render shard ``index`` and publish it atomically; returns its stats dict."""
+    start, stop = job.shard_range(index)
+    stats = write_scenes_atomic(
+        out,
+        endpoint_url,
+        shard_name(index),
+        _rendered_blocks(job, start, stop),
+        job.to_dict(),
+        {"first_scene_id": start, "end_scene_id": stop},
+    )
+    assert stats is not None, f"shard {index} of {job} has no scenes"
     return stats
 
 

@@ -12,8 +12,6 @@ histograms, shard list, and the import report: what was skipped and why).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -23,23 +21,22 @@ from typing import Any
 import numpy as np
 
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem
-from synth.schema import ARROW_SCHEMA, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, scenes_to_table
+from synth.schema import SCHEMA_VERSION, Scene
 from synth.shards import (
-    CONFIG_KEY,
-    STATS_KEY,
     TMP_DIR,
+    UserError,
+    delete_entries,
     empty_stats,
+    list_output,
     merge_stats,
+    publish_manifest,
     row_group_scenes,
     shard_name,
+    write_scenes_atomic,
 )
 from synth.splits import SPLITS
 
 EXAMPLES_PER_REASON = 5
-
-
-class UserError(Exception):
-    """Bad input or environment; reported as one line and exit status 2."""
 
 
 def one_line(exc: BaseException | str) -> str:
@@ -152,18 +149,7 @@ def pick_split(forced: str | None, given: Any, seed: int, scene_id: int) -> str:
 
 def prepare_output(out: str, endpoint: str | None, overwrite: bool) -> None:
     """Check ``out`` is empty (or, with ``overwrite``, holds only a dataset, which is removed)."""
-    from pyarrow import fs
-
-    try:
-        filesystem, root = open_filesystem(out, endpoint, create_bucket=True)
-        info = filesystem.get_file_info(root)
-        if info.type == fs.FileType.File:
-            raise UserError(f"--out {out} is a file; give a folder or s3://bucket/prefix")
-        entries = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
-        raise UserError(f"cannot access {out}: {one_line(exc)}") from None
+    filesystem, root, entries = list_output(out, endpoint)
     ours = [e for e in entries if SHARD_PATTERN.match(e.base_name) or e.base_name in (MANIFEST_NAME, TMP_DIR)]
     foreign = sorted(e.base_name for e in entries if e not in ours)
     if foreign:
@@ -172,11 +158,7 @@ def prepare_output(out: str, endpoint: str | None, overwrite: bool) -> None:
         )
     if ours and not overwrite:
         raise UserError(f"{out} already holds a dataset: choose an empty --out, or pass --overwrite")
-    for entry in ours:
-        if entry.type == fs.FileType.Directory:
-            filesystem.delete_dir(entry.path)
-        else:
-            filesystem.delete_file(entry.path)
+    delete_entries(filesystem, ours)
     try:
         filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
     except Exception as exc:  # noqa: BLE001
@@ -187,46 +169,9 @@ def write_scene_shard(
     out: str, endpoint: str | None, index: int, scenes: Iterable[Scene], config: dict, size: int
 ) -> dict | None:
     """Write ``scenes`` to ``shard-<index>.parquet`` atomically; its stats, or None if no scenes."""
-    import pyarrow.parquet as pq
-
-    filesystem, root = open_filesystem(out, endpoint)
-    name = shard_name(index)
-    tmp = _join(root, f"{TMP_DIR}/{name}.{uuid.uuid4().hex}")
-    histograms = {key: Counter() for key in ("splits", "layers", "num_layers", "objects")}
-    num_scenes = 0
-    schema = ARROW_SCHEMA.with_metadata(
-        {SCHEMA_VERSION_KEY: str(SCHEMA_VERSION).encode(), CONFIG_KEY: json.dumps(config, sort_keys=True)}
-    )
-    filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
     scenes = iter(scenes)
-    try:
-        with filesystem.open_output_stream(tmp) as stream:
-            with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
-                while block := list(islice(scenes, row_group_scenes(size))):
-                    writer.write_table(scenes_to_table(block), row_group_size=len(block))
-                    num_scenes += len(block)
-                    for scene in block:
-                        histograms["splits"][scene.split] += 1
-                        histograms["layers"].update(scene.object_layer.tolist())
-                        histograms["num_layers"][scene.num_layers] += 1
-                        histograms["objects"][scene.num_objects] += 1
-                stats = empty_stats()
-                stats["num_scenes"] = num_scenes
-                for key, counter in histograms.items():
-                    stats[key] = {str(k): int(counter[k]) for k in sorted(counter)}
-                stats["file"] = name
-                writer.add_key_value_metadata({STATS_KEY: json.dumps(stats, sort_keys=True)})
-        if not num_scenes:
-            filesystem.delete_file(tmp)
-            return None
-        filesystem.move(tmp, _join(root, name))
-    except BaseException:
-        try:
-            filesystem.delete_file(tmp)
-        except OSError:
-            pass
-        raise
-    return stats
+    blocks = iter(lambda: list(islice(scenes, row_group_scenes(size))), [])
+    return write_scenes_atomic(out, endpoint, shard_name(index), blocks, config)
 
 
 def write_import_manifest(
@@ -255,17 +200,7 @@ def write_import_manifest(
         "shards": [{"file": s["file"], "num_scenes": s["num_scenes"]} for s in shard_stats],
         "import_report": report.to_dict(),
     }
-    tmp = _join(root, f"{TMP_DIR}/{MANIFEST_NAME}.{os.getpid()}")
-    with filesystem.open_output_stream(tmp) as stream:
-        stream.write(json.dumps(manifest, indent=2).encode())
-    filesystem.move(tmp, _join(root, MANIFEST_NAME))
-    try:
-        filesystem.delete_dir(_join(root, TMP_DIR))
-    except OSError:
-        pass
-    return (
-        out.rstrip("/") + "/" + MANIFEST_NAME if out.startswith("s3://") else str(Path(root) / MANIFEST_NAME)
-    )
+    return publish_manifest(out, filesystem, root, manifest)
 
 
 # ----- running shards in-process or on Ray Data
