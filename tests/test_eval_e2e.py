@@ -22,16 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for the tests that run the pipeline (the error tests fail before Ray starts)."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     data = make_dataset(root / "data", n=24, shard_size=12)
@@ -66,7 +56,7 @@ def _register(env, checkpoint: str, name: str) -> None:
 
 
 @pytest.mark.slow
-def test_compares_models_from_registry_and_checkpoints_in_one_table(env, ray_cluster, capsys):
+def test_compares_models_from_registry_and_checkpoints_in_one_table(env, local_ray, capsys):
     _register(env, env["full"], "sas-full")
     out = env["root"] / "report"
     code = _evaluate(
@@ -126,7 +116,7 @@ def test_compares_models_from_registry_and_checkpoints_in_one_table(env, ray_clu
 
 
 @pytest.mark.slow
-def test_sweep_passes_reports_miou_against_unet_passes(env, ray_cluster):
+def test_sweep_passes_reports_miou_against_unet_passes(env, local_ray):
     out = env["root"] / "sweep"
     code = _evaluate(
         env,

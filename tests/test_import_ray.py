@@ -18,15 +18,7 @@ from import_support import (
 from synth import reader
 from synth.import_dataset import main
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, logging_level="WARNING", include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")  # conftest: one local Ray for the module
 
 
 def test_ray_data_import_matches_the_in_process_import(capsys, tmp_path):

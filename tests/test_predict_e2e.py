@@ -19,16 +19,6 @@ from train_support import make_dataset
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for the tests that run the pipeline (the error tests fail before Ray starts)."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     model = make_checkpoint(root / "model", head_bias=1.0)
@@ -52,7 +42,7 @@ def _predict(env, *extra: str) -> int:
     return main(["--model", env["model"], *FAST_SAMPLER, *extra])
 
 
-def test_images_of_any_size_get_masks_objects_overlays_and_json(env, ray_cluster, capsys):
+def test_images_of_any_size_get_masks_objects_overlays_and_json(env, local_ray, capsys):
     out = env["root"] / "out"
     assert _predict(env, "--input", str(env["images"]), "--out", str(out), "--batch", "3") == 0
     printed = capsys.readouterr().out
@@ -91,7 +81,7 @@ def test_images_of_any_size_get_masks_objects_overlays_and_json(env, ray_cluster
     assert (out / "rgba" / "result.json").is_file()
 
 
-def test_synth_parquet_dataset_as_input(env, ray_cluster):
+def test_synth_parquet_dataset_as_input(env, local_ray):
     data = make_dataset(env["root"] / "data", n=12, shard_size=6)
     out = env["root"] / "from_parquet"
     assert _predict(env, "--input", str(data), "--out", str(out), "--limit", "3") == 0
@@ -101,7 +91,7 @@ def test_synth_parquet_dataset_as_input(env, ray_cluster):
     assert (result["height"], result["width"]) == (64, 64) and result["resized"] is False
 
 
-def test_no_readable_image_is_one_line_error(env, ray_cluster, capsys, tmp_path):
+def test_no_readable_image_is_one_line_error(env, local_ray, capsys, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(b"\xff\xd8garbage")
     with pytest.raises(SystemExit) as exit_info:
