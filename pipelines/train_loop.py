@@ -28,22 +28,15 @@ from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
 SAMPLE_COLUMNS = ("image", "cumulative_mask", "layer_mask")
 
 
-def _all_ranks_agree(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on rank 0 (a broadcast; no-op without DDP)."""
+def _rank0_clock(device: torch.device) -> float:
+    """Rank 0's ``time.time()`` on every rank (a broadcast; no-op without DDP), so time decisions
+    (the LR position in a ``--minutes`` budget, when to stop) are the same on every rank."""
+    now = time.time()
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    tensor = torch.tensor([1 if flag else 0], device=device)
+        return now
+    tensor = torch.tensor([now], dtype=torch.float64, device=device)
     dist.broadcast(tensor, src=0)
-    return bool(tensor.item())
-
-
-def _rank0_int(value: int, device: torch.device) -> int:
-    """Rank 0's ``value`` on every rank (a broadcast; no-op without DDP)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    dist.broadcast(tensor, src=0)
-    return int(tensor.item())
+    return float(tensor.item())
 
 
 def _restore(checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any) -> TrainerState:
@@ -110,13 +103,16 @@ def _batches(shard: Any, state: TrainerState, per_worker_batch: int, loop_cfg: d
         epoch += 1
 
 
-def schedule_step(step: int, total_steps: int, loop_start: float, deadline: float | None) -> int:
+def schedule_step(
+    step: int, total_steps: int, loop_start: float, deadline: float | None, now: float | None = None
+) -> int:
     """The step the LR schedule is at: with a wall-clock budget, the further of the step count and
-    the elapsed fraction of the budget, so the cosine decay ends when the time does (a ``--minutes``
-    run that stops at step 2,000 of 3,000 still finishes at the low LR)."""
+    the elapsed fraction of the budget at ``now`` (default: this process's clock), so the cosine
+    decay ends when the time does (a ``--minutes`` run that stops at step 2,000 of 3,000 still
+    finishes at the low LR)."""
     if deadline is None or deadline <= loop_start:
         return step
-    fraction = (time.time() - loop_start) / (deadline - loop_start)
+    fraction = ((time.time() if now is None else now) - loop_start) / (deadline - loop_start)
     return max(step, min(total_steps, int(fraction * total_steps)))
 
 
@@ -176,7 +172,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
 
     shard = ray.train.get_dataset_shard("train")
     stream = _batches(shard, state, per_worker_batch, loop_cfg, device)
-    loop_start = time.time()
+    loop_start = now = _rank0_clock(device) if deadline is not None else time.time()
     window = {"loss": 0.0, "count": 0, "wait": 0.0, "start": time.perf_counter(), "samples": 0}
     steady = {"samples": 0, "wait": 0.0, "time": 0.0, "windows": 0}  # all windows after the first
     consecutive_bad = 0
@@ -200,15 +196,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             generator=aug_generator,
         )
         cumulative_mask = perturb_cumulative_mask(cumulative_mask, loop_cfg["cmask_noise_p"], aug_generator)
-        lr_step = state.step
-        if deadline is not None:  # rank 0's clock decides, so every rank applies the same LR
-            lr_step = _rank0_int(schedule_step(state.step, total_steps, loop_start, deadline), device)
-        lr = lr_at(
-            lr_step,
-            loop_cfg["lr"],
-            loop_cfg["warmup_steps"],
-            total_steps,
-        )
+        lr_step = schedule_step(state.step, total_steps, loop_start, deadline, now)
+        lr = lr_at(lr_step, loop_cfg["lr"], loop_cfg["warmup_steps"], total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -259,8 +248,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
                 open(marker, "w").close()
                 raise RuntimeError(f"injected failure at step {state.step} (test hook)")
 
-        out_of_time = deadline is not None and time.time() >= deadline
-        last = state.step >= total_steps or _all_ranks_agree(out_of_time, device)
+        out_of_time = False
+        if deadline is not None:  # one broadcast per step, and only with a wall-clock budget
+            now = _rank0_clock(device)
+            out_of_time = now >= deadline
+        last = state.step >= total_steps or out_of_time
         step = state.step
         if step % loop_cfg["log_every"] == 0 or last:
             elapsed = max(1e-9, time.perf_counter() - window["start"])

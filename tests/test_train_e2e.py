@@ -294,3 +294,21 @@ def _stop_group(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
     except ProcessLookupError:
         pass
+
+
+def test_wall_clock_budget_stops_both_ranks_and_ends_the_lr_decay(env):
+    """`--minutes` with 2 workers: rank 0's clock (one broadcast per step) stops every rank at the
+    same step, and the cosine LR reaches its floor with the time, not with the (unreachable) step count."""
+    name = "timed"
+    args = ["--name", name, "--minutes", "0.75", "--steps", "100000", "--ckpt-every", "100000"]
+    args += ["--val-every", "0", "--set", "train.warmup_steps=0", "--no-register"]
+    assert _train(env, *args) == 0
+
+    run_dir = Path(env["storage"]) / name
+    step = _trained_step(_latest_checkpoint(run_dir))
+    assert 0 < step < 100000
+    client, run = _mlflow_run(env, run_dir)
+    lrs = sorted(client.get_metric_history(run.info.run_id, "train/lr"), key=lambda m: m.step)
+    base = float(run.data.params["config.train.lr"])
+    # a step-count schedule would still be at ~base_lr after a few dozen of 100,000 steps
+    assert lrs[-1].value < 0.5 * base, [(m.step, m.value) for m in lrs]
