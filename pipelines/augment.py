@@ -20,25 +20,23 @@ PERTURBATIONS = ("erode", "dilate", "jitter", "drop_region", "add_blob")
 
 def random_hflip(
     image: torch.Tensor,
-    cumulative_mask: torch.Tensor,
-    layer_mask: torch.Tensor,
+    *masks: torch.Tensor,
     p: float = 0.5,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Flip each sample left-right with probability ``p``.
+) -> tuple[torch.Tensor, ...]:
+    """Flip each sample (its image and every mask) left-right with probability ``p``.
 
     Shapes: ``image`` [B,H,W,3] (channels-last) or [B,3,H,W]; masks [B,H,W]. Any dtype.
+    Returns ``(image, *masks)``.
     """
-    batch = cumulative_mask.shape[0]
-    flip = torch.rand(batch, generator=generator, device="cpu").lt(p).to(cumulative_mask.device)
+    batch = image.shape[0]
+    flip = torch.rand(batch, generator=generator, device="cpu").lt(p).to(image.device)
     if not bool(flip.any()):
-        return image, cumulative_mask, layer_mask
+        return (image, *masks)
     width_dim_image = 2 if image.shape[-1] == 3 and image.dim() == 4 else 3
     view = (-1,) + (1,) * (image.dim() - 1)
     image = torch.where(flip.view(view), image.flip(width_dim_image), image)
-    cumulative_mask = torch.where(flip.view(-1, 1, 1), cumulative_mask.flip(2), cumulative_mask)
-    layer_mask = torch.where(flip.view(-1, 1, 1), layer_mask.flip(2), layer_mask)
-    return image, cumulative_mask, layer_mask
+    return (image, *(torch.where(flip.view(-1, 1, 1), mask.flip(2), mask) for mask in masks))
 
 
 def erode(mask: torch.Tensor, radius: int = 1) -> torch.Tensor:

@@ -30,6 +30,7 @@ from sas_model.checkpoint import save_checkpoint
 from sas_model.config import ModelConfig
 from sas_model.metrics import layer_ious, mask_iou, mean_by_layer
 from sas_model.model import SASModel
+from sas_model.precision import autocast_dtype
 from sas_model.segmenter import SequentialSegmenter
 from synth.reader import scene_to_samples
 from synth.render import RenderConfig, render_scenes
@@ -59,20 +60,24 @@ class SampleStream:
         while len(self.pool) < self.buffer:
             scenes = render_scenes(self.seed, self.next_id, 256, self.cfg)
             self.next_id += 256
-            self.pool += [s for sc in scenes if sc.split == "train" for s in scene_to_samples(sc)]
+            self.pool += [
+                (*s, sc.cumulative_masks[-1])
+                for sc in scenes
+                if sc.split == "train"
+                for s in scene_to_samples(sc)
+            ]
         order = self.rng.permutation(len(self.pool))
         self.pool = [self.pool[i] for i in order]
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, n: int) -> tuple[torch.Tensor, ...]:
+        """``(image, C_k, M_k, foreground)`` for ``n`` samples."""
         if len(self.pool) < self.buffer // 2:
             self._refill()
         taken, self.pool = self.pool[:n], self.pool[n:]
-        image = torch.from_numpy(np.stack([s[0] for s in taken]))
-        cumulative = torch.from_numpy(np.stack([s[1] for s in taken]))
-        layer = torch.from_numpy(np.stack([s[2] for s in taken]))
+        tensors = tuple(torch.from_numpy(np.stack([s[i] for s in taken])) for i in (0, 1, 2, 4))
         if self.rng.random() < 0.5:  # horizontal flip of the whole batch
-            image, cumulative, layer = image.flip(2), cumulative.flip(2), layer.flip(2)
-        return image, cumulative, layer
+            tensors = tuple(t.flip(2) for t in tensors)
+        return tensors
 
 
 def val_scenes(seed: int, size: int, count: int) -> list:
@@ -149,7 +154,12 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     stream = SampleStream(args.seed, cfg.image_size)
     val = val_scenes(args.seed, cfg.image_size, args.val_scenes)
-    print(f"preset={cfg.name} params={model.num_parameters():,} overrides={args.set}", flush=True)
+    amp_dtype = autocast_dtype(torch.device("cpu"), tc.precision)
+    print(
+        f"preset={cfg.name} params={model.num_parameters():,} overrides={args.set} "
+        f"precision={'fp32' if amp_dtype is None else amp_dtype}",
+        flush=True,
+    )
     out = Path(args.out) if args.out else None
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +174,10 @@ def main() -> None:
         )
         for group in opt.param_groups:
             group["lr"] = lr
-        image, cumulative, layer = stream.batch(tc.batch_size)
+        image, cumulative, layer, foreground = stream.batch(tc.batch_size)
         cumulative = perturb_cumulative_mask(cumulative, tc.cmask_noise_p)
-        loss, _ = model(image, cumulative, layer)
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            loss, _ = model(image, cumulative, layer, foreground)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)

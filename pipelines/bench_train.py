@@ -46,10 +46,15 @@ def bare_loop(
     from sas_model.model import SASModel
     from synth.reader import iter_scenes, scene_to_samples
 
-    samples = [s for scene in iter_scenes(data_path, split="train") for s in scene_to_samples(scene)]
+    samples = [
+        (*s, scene.cumulative_masks[-1])
+        for scene in iter_scenes(data_path, split="train")
+        for s in scene_to_samples(scene)
+    ]
     images = torch.as_tensor(np.stack([s[0] for s in samples]))
     cumulative = torch.as_tensor(np.stack([s[1] for s in samples]).astype(np.uint8))
     layer = torch.as_tensor(np.stack([s[2] for s in samples]).astype(np.uint8))
+    foreground = torch.as_tensor(np.stack([s[4] for s in samples]).astype(np.uint8))
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     model = SASModel(cfg)
@@ -65,13 +70,15 @@ def bare_loop(
             wait, start = 0.0, time.perf_counter()
         t0 = time.perf_counter()
         index = torch.randint(len(images), (batch,))
-        image, cmask, lmask = images[index], cumulative[index], layer[index]
+        image, cmask, lmask, fg = images[index], cumulative[index], layer[index], foreground[index]
         wait += time.perf_counter() - t0
-        image, cmask, lmask = random_hflip(image, cmask, lmask, p=loop_cfg["hflip_p"], generator=generator)
+        image, cmask, lmask, fg = random_hflip(
+            image, cmask, lmask, fg, p=loop_cfg["hflip_p"], generator=generator
+        )
         cmask = perturb_cumulative_mask(cmask, loop_cfg["cmask_noise_p"], generator)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, loop_cfg["lr"], loop_cfg["warmup_steps"], warmup + steps)
-        loss, _ = model(image, cmask, lmask)
+        loss, _ = model(image, cmask, lmask, fg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), loop_cfg["grad_clip"])

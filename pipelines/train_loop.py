@@ -22,10 +22,10 @@ import torch
 import torch.distributed as dist
 
 from pipelines.augment import perturb_cumulative_mask, random_hflip
+from pipelines.data import SAMPLE_COLUMNS
 from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
 from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
-
-SAMPLE_COLUMNS = ("image", "cumulative_mask", "layer_mask")
+from sas_model.precision import autocast_dtype
 
 
 def _rank0_clock(device: torch.device) -> float:
@@ -156,9 +156,12 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
         say(f"[train] resumed from step {state.step} (epoch {state.epoch})")
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
 
-    use_amp = device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = autocast_dtype(device, cfg.train.precision)
+    use_amp = amp_dtype is not None
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    if rank == 0:
+        precision = f"autocast {str(amp_dtype).removeprefix('torch.')}" if use_amp else "fp32"
+        say(f"[train] precision: {precision} (train.precision={cfg.train.precision})")
 
     total_steps = int(loop_cfg["steps"])
     per_worker_batch = int(loop_cfg["global_batch"]) // world_size
@@ -188,10 +191,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             state.epoch, state.batches_in_epoch = epoch, 0
         state.batches_in_epoch += 1
 
-        image, cumulative_mask, layer_mask = random_hflip(
+        image, cumulative_mask, layer_mask, foreground = random_hflip(
             batch["image"],
             batch["cumulative_mask"],
             batch["layer_mask"],
+            batch["foreground"],
             p=loop_cfg["hflip_p"],
             generator=aug_generator,
         )
@@ -202,7 +206,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             group["lr"] = lr
 
         with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-            loss, _ = ddp_model(image, cumulative_mask, layer_mask)
+            loss, _ = ddp_model(image, cumulative_mask, layer_mask, foreground)
         if (
             loop_cfg.get("inject_nan_from_step") is not None
             and state.step >= loop_cfg["inject_nan_from_step"]

@@ -87,7 +87,7 @@ class Validator:
             say("[train] warning: the dataset has no 'val' split; validation is skipped")
         self.scenes = scenes
         self.free_scenes = scenes[: int(loop_cfg.get("val_free_scenes", 4))]
-        samples = [s for scene in scenes for s in scene_to_samples(scene)]
+        samples = [(*s, scene.cumulative_masks[-1]) for scene in scenes for s in scene_to_samples(scene)]
         limit = int(loop_cfg.get("val_samples", 128))
         self.samples = samples[:limit]
         self.terminal = [k == scene.num_layers for scene in scenes for k in range(scene.num_layers + 1)][
@@ -103,8 +103,9 @@ class Validator:
             cumulative = np.stack([s[1] for s in chunk]).astype(np.uint8)
             layer = np.stack([s[2] for s in chunk]).astype(np.uint8)
             layer_index = np.array([s[3] for s in chunk])
+            foreground = np.stack([s[4] for s in chunk]).astype(np.uint8)
             terminal = np.array(self.terminal[start : start + self.batch_size])
-            yield images, cumulative, layer, layer_index, terminal
+            yield images, cumulative, layer, foreground, layer_index, terminal
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module, ema: Any, step: int, logger: Any) -> dict[str, float]:
@@ -117,19 +118,20 @@ class Validator:
         losses = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(12345)
-            for images, cumulative, layer, _, _ in self._batches():
+            for images, cumulative, layer, foreground, _, _ in self._batches():
                 to = {"device": self.device}
                 loss, _ = self.eval_model(
                     torch.as_tensor(images, **to),
                     torch.as_tensor(cumulative, **to),
                     torch.as_tensor(layer, **to),
+                    torch.as_tensor(foreground, **to),
                 )
                 losses.append(float(loss))
         metrics["val/loss"] = float(np.mean(losses))
 
         segmenter = SequentialSegmenter(self.eval_model, device=self.device)
         per_layer: dict[str, list[float]] = {}
-        for images, cumulative, layer, layer_index, terminal in self._batches():
+        for images, cumulative, layer, _, layer_index, terminal in self._batches():
             prediction = segmenter.predict_layer(
                 images, cumulative.astype(bool), seed=0, **self.sampler_overrides
             )

@@ -34,6 +34,7 @@ class LossTerms(NamedTuple):
     mse: torch.Tensor
     bce: torch.Tensor
     dice: torch.Tensor
+    foreground: torch.Tensor  # the auxiliary foreground head's BCE + Dice (0 when the head is off)
 
 
 def sample_timesteps(
@@ -123,4 +124,10 @@ def diffusion_loss(
         )
     dice = dice_loss(prob, target_mask) if cfg.dice_weight > 0 else zero
     total = cfg.mse_weight * mse + cfg.bce_weight * bce + cfg.dice_weight * dice
-    return LossTerms(total, mse, bce, dice)
+    return LossTerms(total, mse, bce, dice, zero)
+
+
+def foreground_loss(logits: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice of the auxiliary head's ``logits [B,1,H,W]`` against ``foreground [B,1,H,W]`` (0/1)."""
+    logits, target = logits.float(), foreground.float()
+    return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(torch.sigmoid(logits), target)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from sas_model.config import ModelConfig
-from sas_model.diffusion import diffusion_loss, sample_timesteps, x0_from_output
+from sas_model.diffusion import diffusion_loss, foreground_loss, sample_timesteps, x0_from_output
 from sas_model.schedules import NoiseSchedule
 from sas_model.unet import UNet
 
@@ -38,7 +38,8 @@ class SASModel(nn.Module):
     """Denoises the layer mask ``M_k`` given the image and the cumulative mask ``C_k``.
 
     UNet input channels: RGB (3) + ``C_k`` (1) + ``x_t`` (1) [+ previous x0 estimate (1) when
-    ``unet.self_condition``]; output: 1 channel interpreted per ``diffusion.prediction_type``.
+    ``unet.self_condition``]; output: 1 channel interpreted per ``diffusion.prediction_type`` [+ the
+    auxiliary foreground logits (1) when ``diffusion.foreground_weight > 0``, used by the loss only].
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -47,7 +48,13 @@ class SASModel(nn.Module):
         self.cfg = cfg
         self.schedule = NoiseSchedule(cfg.diffusion)
         self.self_condition = cfg.unet.self_condition
-        self.unet = UNet(cfg.unet, cfg.image_size, in_channels=5 + int(self.self_condition))
+        self.foreground_head = cfg.diffusion.foreground_weight > 0
+        self.unet = UNet(
+            cfg.unet,
+            cfg.image_size,
+            in_channels=5 + int(self.self_condition),
+            out_channels=1 + int(self.foreground_head),
+        )
 
     @property
     def mask_scale(self) -> float:
@@ -77,6 +84,12 @@ class SASModel(nn.Module):
         self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Raw UNet output ``[B,1,H,W]`` for ``cond [B,4,H,W]``, ``x_t [B,1,H,W]``, ``t long[B]``."""
+        return self._unet_output(cond, x_t, t, self_cond)[:, :1]
+
+    def _unet_output(
+        self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Every output channel ``[B,1 (+1 foreground),H,W]``."""
         if self.deterministic:  # the baseline: no noisy input, a constant timestep
             x_t = torch.zeros_like(x_t)
             t = torch.full_like(t, self.cfg.diffusion.num_timesteps - 1)
@@ -93,14 +106,25 @@ class SASModel(nn.Module):
         return x0_from_output(self.schedule, self.cfg.diffusion, output.float(), x_t.float(), t)
 
     def forward(
-        self, image: torch.Tensor, cumulative_mask: torch.Tensor, layer_mask: torch.Tensor
+        self,
+        image: torch.Tensor,
+        cumulative_mask: torch.Tensor,
+        layer_mask: torch.Tensor,
+        foreground: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss for a batch of layer samples.
 
-        ``image`` uint8 ``[B,H,W,3]`` or ``[B,3,H,W]``; ``cumulative_mask``, ``layer_mask`` ``[B,H,W]``
-        (bool or 0/1). Returns ``(loss scalar, {"loss", "mse", "bce", "dice"} floats)``.
+        ``image`` uint8 ``[B,H,W,3]`` or ``[B,3,H,W]``; ``cumulative_mask``, ``layer_mask`` and
+        ``foreground`` (every object of the scene, ``C_L``; needed when the foreground head is on)
+        ``[B,H,W]`` (bool or 0/1). Returns ``(loss scalar, {"loss", "mse", "bce", "dice",
+        "foreground"} floats)``.
         """
         cfg = self.cfg.diffusion
+        if self.foreground_head and foreground is None:
+            raise ValueError(
+                "this config trains a foreground head (diffusion.foreground_weight > 0): pass foreground= "
+                "(the scene's union of all object masks), or set diffusion.foreground_weight=0"
+            )
         cond = self.condition(image, cumulative_mask)
         x0 = mask_to_unit(layer_mask.to(cond.device)) * cfg.mask_scale
         t = sample_timesteps(cfg, x0.shape[0], x0.device)
@@ -110,8 +134,11 @@ class SASModel(nn.Module):
         if self.self_condition and not self.deterministic and torch.rand(()) < cfg.self_cond_prob:
             with torch.no_grad():  # Chen et al. 2022 ("Analog Bits"): condition on our own estimate
                 self_cond = self.predict_x0(cond, x_t, t).to(cond.dtype).detach()
-        output = self.model_output(cond, x_t, t, self_cond)
-        terms = diffusion_loss(self.schedule, cfg, output, x0, x_t, t, noise)
+        output = self._unet_output(cond, x_t, t, self_cond)
+        terms = diffusion_loss(self.schedule, cfg, output[:, :1], x0, x_t, t, noise)
+        if self.foreground_head:
+            fg = foreground_loss(output[:, 1:2], foreground.to(cond.device).float().unsqueeze(1))
+            terms = terms._replace(total=terms.total + cfg.foreground_weight * fg, foreground=fg)
         logs = {name: float(value.detach()) for name, value in terms._asdict().items()}
         logs["loss"] = logs.pop("total")
         return terms.total, logs

@@ -5,7 +5,12 @@ x0 prediction with BCE + Dice on the clean-mask estimate, timesteps drawn with d
 high-noise end, where the model must read the image, is where learning happens; at 1,000 steps this
 beat density ∝ t by 0.31 vs 0.30 layer-0 IoU and 0.32 vs 0.30 on layer 1), AdamW 2e-3, DDIM-5 (on a
 1,500-step model DDIM-1/2/5/10 gave layer-0 IoU 0.354/0.345/0.333/0.324: more steps do not help
-yet, so fewer passes). Every knob is a config field, so tuning never needs a code change.
+yet, so fewer passes). An auxiliary foreground head (``diffusion.foreground_weight``: a second
+output channel trained to mark every object of the scene) adds dense "where are the objects"
+supervision: on the deterministic probe it raised teacher-forced IoU at 1,500 steps from
+0.37 / 0.46 / 0.39 to 0.42 / 0.51 / 0.46 on layers 0 / 1 / 2 (docs/RESULTS.md). Training autocasts
+to bf16 on CPUs with native bf16 (``train.precision=auto``; 1.7x faster steps here). Every knob is a
+config field, so tuning never needs a code change.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def _tiny() -> ModelConfig:
             dice_weight=1.0,
             timestep_sampling="high_noise",
             timestep_bias=3.0,  # density ∝ t³: mostly the image-reading high-noise end
+            foreground_weight=1.0,
         ),
         sampler=SamplerConfig(name="ddim", steps=5, eta=0.0, ensemble_size=3),
         train=TrainConfig(
@@ -75,6 +81,7 @@ def _small() -> ModelConfig:
             timestep_sampling="high_noise",
             timestep_bias=1.0,
             self_cond_prob=0.5,
+            foreground_weight=1.0,
         ),
         sampler=SamplerConfig(name="ddim", steps=10, eta=0.0, ensemble_size=3),
         train=TrainConfig(

@@ -121,9 +121,9 @@ class Level(nn.Module):
 
 
 class UNet(nn.Module):
-    """``forward(x [B,in_channels,H,W], t long[B]) -> [B,1,H,W]``; ``H, W`` divisible by ``factor``."""
+    """``forward(x [B,in_channels,H,W], t long[B]) -> [B,out_channels,H,W]``; H, W divisible by ``factor``."""
 
-    def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int) -> None:
+    def __init__(self, cfg: UNetConfig, image_size: int, in_channels: int, out_channels: int = 1) -> None:
         super().__init__()
         ch, groups = cfg.base_channels, cfg.norm_groups
         self.factor = cfg.stem_stride * 2 ** (len(cfg.channel_mults) - 1)
@@ -171,13 +171,13 @@ class UNet(nn.Module):
         assert not skip_channels
         self.out_norm = group_norm(current, groups)
         if cfg.stem_stride == 1:
-            self.head = zero_module(nn.Conv2d(current, 1, 3, padding=1))
+            self.head = zero_module(nn.Conv2d(current, out_channels, 3, padding=1))
         else:  # half-res features, upsampled, fused with a cheap full-resolution view of the input
             full = max(8, ch // 2)
             self.full_res_in = nn.Conv2d(in_channels, full, 3, padding=1)
             self.full_res_fuse = nn.Conv2d(current + full, full, 3, padding=1)
             self.full_res_norm = group_norm(full, min(groups, 8))
-            self.head = zero_module(nn.Conv2d(full, 1, 3, padding=1))
+            self.head = zero_module(nn.Conv2d(full, out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:

@@ -179,11 +179,13 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
     """Ray Data ``map_batches(batch_format="numpy")``: scene rows -> one row per (scene, k), k = 0..L.
 
     Output: ``image`` uint8[B, H, W, 3], ``cumulative_mask``/``layer_mask`` uint8[B, H, W] (0/1),
-    ``layer_index`` int64[B], ``is_terminal`` bool[B], ``scene_id`` int64[B].
+    ``foreground`` uint8[B, H, W] (every object of the scene: ``C_L``, the same for all its samples;
+    the target of the model's auxiliary foreground head), ``layer_index`` int64[B], ``is_terminal``
+    bool[B], ``scene_id`` int64[B].
     """
     from synth.schema import decode_png
 
-    images, cumulative, layer, index, terminal, ids = [], [], [], [], [], []
+    images, cumulative, layer, foreground, index, terminal, ids = [], [], [], [], [], [], []
     for i in range(len(batch["scene_id"])):
         height, width = int(batch["height"][i]), int(batch["width"][i])
         layers = int(batch["num_layers"][i])
@@ -194,6 +196,7 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
         images.append(np.broadcast_to(image, (layers + 1, height, width, 3)))
         cumulative.append(c_k)
         layer.append(m_k)
+        foreground.append(np.broadcast_to(c_k[-1], (layers + 1, height, width)))
         index.append(np.arange(layers + 1, dtype=np.int64))
         terminal.append(np.arange(layers + 1) == layers)
         ids.append(np.full(layers + 1, int(batch["scene_id"][i]), dtype=np.int64))
@@ -202,6 +205,7 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
             "image": np.zeros((0, 1, 1, 3), np.uint8),
             "cumulative_mask": np.zeros((0, 1, 1), np.uint8),
             "layer_mask": np.zeros((0, 1, 1), np.uint8),
+            "foreground": np.zeros((0, 1, 1), np.uint8),
             "layer_index": np.zeros(0, np.int64),
             "is_terminal": np.zeros(0, bool),
             "scene_id": np.zeros(0, np.int64),
@@ -210,6 +214,7 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
         "image": np.concatenate(images).astype(np.uint8),
         "cumulative_mask": np.concatenate(cumulative).astype(np.uint8),
         "layer_mask": np.concatenate(layer).astype(np.uint8),
+        "foreground": np.concatenate(foreground).astype(np.uint8),
         "layer_index": np.concatenate(index),
         "is_terminal": np.concatenate(terminal),
         "scene_id": np.concatenate(ids),

@@ -89,6 +89,7 @@ def test_replace_takes_dotted_overrides_and_coerces_cli_strings() -> None:
         ({"diffusion.prediction_type": "score"}, "prediction_type"),
         ({"sampler.name": "euler"}, "sampler.name"),
         ({"sampler.consensus": "mean"}, "consensus"),
+        ({"train.precision": "fp8"}, "train.precision"),
         ({"unet.stem_stride": 4}, "stem_stride"),
         ({"image_size": 60}, "divisible"),
         ({"unet.attention_resolutions": (7,)}, "attention_resolutions"),
@@ -114,3 +115,20 @@ def test_v_prediction_with_zero_terminal_snr_is_accepted() -> None:
     ModelConfig.preset("tiny").replace(
         **{"diffusion.zero_terminal_snr": True, "diffusion.prediction_type": "v"}
     ).validate()
+
+
+def test_precision_resolves_per_device_and_cpu_flags(tmp_path) -> None:
+    from sas_model.precision import autocast_dtype, cpu_has_native_bf16
+
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "fp32") is None
+    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        autocast_dtype(cpu, "fp16")
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text("processor : 0\nflags : fpu sse2 avx512f avx512_bf16\n")
+    without.write_text("processor : 0\nflags : fpu sse2 avx2\n")
+    assert cpu_has_native_bf16(str(with_bf16)) and not cpu_has_native_bf16(str(without))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    expected = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert autocast_dtype(cpu, "auto") == expected

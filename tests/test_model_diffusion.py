@@ -130,7 +130,8 @@ def test_min_snr_weights_match_hang_et_al(prediction: str) -> None:
     assert torch.allclose(min_snr_weight(schedule, cfg, t), expected[prediction])
 
 
-def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(image, C_k, M_k, foreground)``: a readable layer mask, half the samples with a C_k."""
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=gen)
     layer = torch.zeros(n, 64, 64, dtype=torch.uint8)
@@ -139,7 +140,7 @@ def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         layer[i, 8 + i : 30 + i, 10:40] = 1
         cumulative[i, 30:50, 20 + i : 50] = i % 2
     image[layer.bool()] = 255  # the mask is readable from the image
-    return image, cumulative, layer
+    return image, cumulative, layer, layer | cumulative
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,7 @@ def test_every_objective_gives_a_finite_loss_and_gradients(overrides: dict) -> N
     model = SASModel(ModelConfig.preset("tiny").replace(**overrides))
     loss, logs = model(*_batch(4))
     loss.backward()
-    assert torch.isfinite(loss) and set(logs) == {"loss", "mse", "bce", "dice"}
+    assert torch.isfinite(loss) and set(logs) == {"loss", "mse", "bce", "dice", "foreground"}
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
@@ -177,3 +178,29 @@ def test_tiny_model_overfits_a_fixed_batch() -> None:
         optimiser.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5, losses
+
+
+def test_foreground_head_adds_its_loss_and_stays_out_of_the_sampler_path() -> None:
+    torch.manual_seed(0)
+    image, cumulative, layer, foreground = _batch(4)
+    with_head = SASModel(ModelConfig.preset("tiny").replace(**{"diffusion.foreground_weight": 2.0}))
+    assert with_head.unet.head.out_channels == 2
+    with pytest.raises(ValueError, match="pass foreground=") as info:
+        with_head(image, cumulative, layer)
+    assert "\n" not in str(info.value)
+    torch.nn.init.normal_(with_head.unet.head.weight, std=0.1)  # a head that is not all-zero yet
+    torch.manual_seed(1)
+    loss, logs = with_head(image, cumulative, layer, foreground)
+    assert logs["foreground"] > 0
+    expected = logs["mse"] + logs["bce"] + logs["dice"] + 2.0 * logs["foreground"]
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert with_head.unet.head.weight.grad[1].abs().sum() > 0  # the head's channel is trained
+    cond = with_head.condition(image, cumulative)
+    x_t, t = torch.zeros(4, 1, 64, 64), torch.full((4,), 999)
+    assert with_head.predict_x0(cond, x_t, t).shape == (4, 1, 64, 64)  # samplers see one channel
+
+    without = SASModel(ModelConfig.preset("tiny").replace(**{"diffusion.foreground_weight": 0.0}))
+    assert without.unet.head.out_channels == 1
+    _, logs = without(image, cumulative, layer)  # no foreground needed
+    assert logs["foreground"] == 0.0

@@ -118,6 +118,8 @@ def test_expand_batch_gives_one_sample_per_layer_plus_terminal(dataset):
         np.testing.assert_array_equal(samples["cumulative_mask"][k], cumulative)
         np.testing.assert_array_equal(samples["layer_mask"][k], layer_mask)
         assert samples["layer_index"][k] == index
+        np.testing.assert_array_equal(samples["foreground"][k], first.cumulative_masks[-1])
+    assert samples["foreground"].dtype == np.uint8
 
 
 def test_check_dataset_reports_one_line_errors(tmp_path, dataset):

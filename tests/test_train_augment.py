@@ -95,6 +95,10 @@ def test_hflip_flips_image_and_both_masks_together():
     assert torch.equal(out_layer, out_cumulative)
     same = random_hflip(image, cumulative, layer, p=0.0)
     assert all(torch.equal(a, b) for a, b in zip(same, (image, cumulative, layer), strict=True))
+    foreground = torch.zeros_like(layer)
+    foreground[:, 1, 0] = 1
+    flipped = random_hflip(image, cumulative, layer, foreground, p=1.0)
+    assert len(flipped) == 4 and torch.equal(flipped[3], foreground.flip(2))
 
 
 def test_hflip_handles_channels_first_images():
