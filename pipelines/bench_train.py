@@ -44,6 +44,7 @@ def bare_loop(
     from pipelines.augment import perturb_cumulative_mask, random_hflip
     from pipelines.optim import EMA, lr_at
     from sas_model.model import SASModel
+    from sas_model.precision import autocast_dtype
     from synth.reader import iter_scenes, scene_to_samples
 
     samples = [
@@ -63,6 +64,7 @@ def bare_loop(
         model.parameters(), lr=loop_cfg["lr"], weight_decay=loop_cfg["weight_decay"]
     )
     batch = loop_cfg["global_batch"]
+    amp_dtype = autocast_dtype(torch.device("cpu"), cfg.train.precision)  # as train_loop does
     wait = 0.0
     start = time.perf_counter()
     for step in range(warmup + steps):
@@ -78,7 +80,8 @@ def bare_loop(
         cmask = perturb_cumulative_mask(cmask, loop_cfg["cmask_noise_p"], generator)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, loop_cfg["lr"], loop_cfg["warmup_steps"], warmup + steps)
-        loss, _ = model(image, cmask, lmask, fg)
+        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+            loss, _ = model(image, cmask, lmask, fg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), loop_cfg["grad_clip"])
@@ -97,6 +100,7 @@ def ray_run(
     storage: str,
     shuffle: str = "buffer",
     cache: bool = False,
+    overrides: tuple[str, ...] = (),
 ) -> dict:
     """``train_loop_per_worker`` under TorchTrainer; returns its steady-state throughput numbers."""
     import ray
@@ -123,6 +127,8 @@ def ray_run(
     ]
     if batch:
         argv += ["--batch", str(batch)]
+    for item in overrides:
+        argv += ["--set", item]
     args = train.build_parser().parse_args(argv)
     cfg = train.build_config(args)
     total_cpus = float(ray.cluster_resources().get("CPU", 1))
@@ -184,8 +190,15 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="as train.py --cache: decode the samples once into the object store",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=None,
+        help="train.precision for every variant (default: the preset's, auto)",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
+    overrides = (f"train.precision={args.precision}",) if args.precision else ()
 
     from pipelines import data, train
 
@@ -198,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     train_args = train.build_parser().parse_args(
         ["--data", data_path, "--preset", args.preset, "--steps", str(args.steps)]
         + (["--batch", str(args.batch)] if args.batch else [])
+        + [arg for item in overrides for arg in ("--set", item)]
     )
     cfg = train.build_config(train_args)
     loop_cfg = train.build_loop_config(
@@ -230,7 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sas-bench-") as storage:
         for workers in [int(w) for w in args.workers.split(",") if w]:
             results[f"ray-{workers}"] = run = ray_run(
-                data_path, args.preset, workers, args.steps, args.batch, storage, args.shuffle, cache
+                data_path,
+                args.preset,
+                workers,
+                args.steps,
+                args.batch,
+                storage,
+                args.shuffle,
+                cache,
+                overrides,
             )
             print(
                 f"[bench] ray-{workers}: {run['samples_per_s']:.1f} samples/s, "
@@ -247,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     results["bare_mean_samples_per_s"] = bare
     print(
         f"\nmodel preset {args.preset}, global batch {results['global_batch']}, {args.steps} timed steps, "
-        f"{results['cpus']} CPUs"
+        f"{results['cpus']} CPUs, train.precision {cfg.train.precision}"
     )
     print(f"{'variant':<8} {'samples/s':>10} {'vs bare':>8} {'data wait':>10}")
     for key in [k for k in results if k in ("bare", "bare_after") or k.startswith("ray-")]:
