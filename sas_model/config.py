@@ -107,8 +107,8 @@ class TrainConfig:
     hflip: bool = True
     seed: int = 0
     # Autocast dtype for the training forward pass: "auto" = bf16 on a GPU that has it (else fp16) and
-    # on a CPU with native bf16 instructions (AVX512-BF16/AMX; ~1.7x faster steps measured on this
-    # project's 2-core box), else fp32. See sas_model/precision.py.
+    # on a CPU with native bf16 instructions (AVX512-BF16/AMX; 1.46x the samples/s of fp32 for tiny
+    # on this project's 2-core box, docs/RESULTS.md), else fp32. See sas_model/precision.py.
     precision: str = "auto"
 
     @property
