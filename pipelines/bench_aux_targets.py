@@ -26,18 +26,17 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from pipelines.augment import perturb_cumulative_mask
-from pipelines.bench_learning import parse_overrides, val_scenes
+from pipelines.bench_learning import SampleStream, parse_overrides, train_step, val_scenes
 from pipelines.optim import lr_at
 from sas_model.config import ModelConfig
-from sas_model.diffusion import dice_loss, diffusion_loss
+from sas_model.diffusion import diffusion_loss, foreground_loss
 from sas_model.metrics import mask_iou
 from sas_model.model import SASModel
+from sas_model.precision import autocast, autocast_dtype
 from sas_model.unet import zero_module
-from synth.render import RenderConfig, render_scenes
 from synth.schema import Scene
 
 AUX_CHANNELS = {"none": 0, "fg": 1, "fgb": 3, "vl": 4, "fg-only": 0}
@@ -78,10 +77,10 @@ def scene_samples(scene: Scene, aux: str) -> list[tuple[np.ndarray, ...]]:
 
 
 def logits(model: SASModel, image: torch.Tensor, cumulative: torch.Tensor) -> torch.Tensor:
-    """All output channels of the deterministic UNet (x_t = 0, t = T - 1)."""
+    """All output channels of the deterministic model (it zeroes x_t and fixes t itself)."""
     cond = model.condition(image, cumulative)
-    t = torch.full((cond.shape[0],), model.cfg.diffusion.num_timesteps - 1, dtype=torch.long)
-    return model.unet(torch.cat([cond, torch.zeros_like(cond[:, :1])], dim=1), t)
+    t = torch.zeros(cond.shape[0], dtype=torch.long)
+    return model.outputs(cond, torch.zeros_like(cond[:, :1]), t)
 
 
 def mean_iou(predictions, targets) -> float:
@@ -129,41 +128,31 @@ def main() -> None:
     ema, tc = copy.deepcopy(model).eval(), cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     val = val_scenes(0, cfg.image_size, args.val_scenes)
-    rng, pool, next_id = np.random.default_rng(0), [], 0
-    render = RenderConfig(size=cfg.image_size)
+    stream = SampleStream(
+        0,
+        cfg.image_size,
+        expand=lambda scene: scene_samples(scene, args.aux),
+        fields=(0, 1, 2, 3),
+        hflip=False,
+    )
+    cpu = torch.device("cpu")
+    amp_dtype = autocast_dtype(cpu, tc.precision)
     print(f"aux={args.aux} params={model.num_parameters():,} overrides={args.set}", flush=True)
+    t = torch.full((tc.batch_size,), cfg.diffusion.num_timesteps - 1)
     train_s = 0.0
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()
-        if len(pool) < 1024:
-            while len(pool) < 2048:
-                scenes = render_scenes(0, next_id, 256, render)
-                next_id += 256
-                pool += [x for s in scenes if s.split == "train" for x in scene_samples(s, args.aux)]
-            pool = [pool[i] for i in rng.permutation(len(pool))]
-        taken, pool = pool[: tc.batch_size], pool[tc.batch_size :]
-        image, cumulative, layer, aux = (torch.from_numpy(np.stack([s[i] for s in taken])) for i in range(4))
+        image, cumulative, layer, aux = stream.batch(tc.batch_size)
         cumulative = perturb_cumulative_mask(cumulative, tc.cmask_noise_p)
         for group in opt.param_groups:
             group["lr"] = lr_at(step - 1, tc.lr, tc.warmup_steps, args.steps)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(cpu, amp_dtype):
             out = logits(model, image, cumulative).float()
         x0 = layer.float().unsqueeze(1) * 2 - 1
-        t = torch.full((x0.shape[0],), cfg.diffusion.num_timesteps - 1)
         loss = diffusion_loss(model.schedule, cfg.diffusion, out[:, :1], x0, x0, t, x0).total
         if channels:
-            target = aux.float()
-            aux_loss = F.binary_cross_entropy_with_logits(out[:, 1:], target) + dice_loss(
-                torch.sigmoid(out[:, 1:]), target
-            )
-            loss = loss + args.aux_weight * aux_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - min(tc.ema_decay, step / (9 + step)))
+            loss = loss + args.aux_weight * foreground_loss(out[:, 1:], aux)
+        train_step(model, ema, opt, loss, step - 1)
         train_s += time.perf_counter() - t0
         if step % args.eval_steps == 0 or step == args.steps:
             row = {"step": step, "minutes": round(train_s / 60, 2), "loss": round(float(loss.detach()), 3)}

@@ -19,7 +19,9 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from sas_model.checkpoint import save_checkpoint
 from sas_model.config import ModelConfig
 from sas_model.metrics import layer_ious, mask_iou, mean_by_layer
 from sas_model.model import SASModel
-from sas_model.precision import autocast_dtype
+from sas_model.precision import autocast, autocast_dtype
 from sas_model.segmenter import SequentialSegmenter
 from synth.reader import scene_to_samples
 from synth.render import RenderConfig, render_scenes
@@ -49,10 +51,26 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 class SampleStream:
-    """Endless shuffled layer samples from train-split scenes rendered on the fly."""
+    """Endless shuffled training samples from train-split scenes rendered on the fly.
 
-    def __init__(self, seed: int, size: int, buffer: int = 2048) -> None:
+    ``expand(scene)`` gives a scene's sample tuples (default ``scene_to_samples(scene, True)``:
+    ``(image, C_k, M_k, k, foreground)``); ``batch`` stacks the tuple positions in ``fields``
+    (default image, C_k, M_k, foreground) and, with ``hflip``, flips half the batches left-right
+    (fields must then be ``[H,W,3]`` or ``[H,W]`` arrays).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        size: int,
+        buffer: int = 2048,
+        expand: Callable[[Any], list[tuple]] | None = None,
+        fields: tuple[int, ...] = (0, 1, 2, 4),
+        hflip: bool = True,
+    ) -> None:
         self.seed, self.cfg, self.buffer = seed, RenderConfig(size=size), buffer
+        self.expand = expand or (lambda scene: scene_to_samples(scene, with_foreground=True))
+        self.fields, self.hflip = fields, hflip
         self.next_id, self.pool = 0, []
         self.rng = np.random.default_rng(seed)
 
@@ -60,24 +78,36 @@ class SampleStream:
         while len(self.pool) < self.buffer:
             scenes = render_scenes(self.seed, self.next_id, 256, self.cfg)
             self.next_id += 256
-            self.pool += [
-                (*s, sc.cumulative_masks[-1])
-                for sc in scenes
-                if sc.split == "train"
-                for s in scene_to_samples(sc)
-            ]
+            self.pool += [s for sc in scenes if sc.split == "train" for s in self.expand(sc)]
         order = self.rng.permutation(len(self.pool))
         self.pool = [self.pool[i] for i in order]
 
     def batch(self, n: int) -> tuple[torch.Tensor, ...]:
-        """``(image, C_k, M_k, foreground)`` for ``n`` samples."""
+        """One tensor ``[n, ...]`` per position in ``fields``."""
         if len(self.pool) < self.buffer // 2:
             self._refill()
         taken, self.pool = self.pool[:n], self.pool[n:]
-        tensors = tuple(torch.from_numpy(np.stack([s[i] for s in taken])) for i in (0, 1, 2, 4))
-        if self.rng.random() < 0.5:  # horizontal flip of the whole batch
+        tensors = tuple(torch.from_numpy(np.stack([s[i] for s in taken])) for i in self.fields)
+        if self.hflip and self.rng.random() < 0.5:  # horizontal flip of the whole batch
             tensors = tuple(t.flip(2) for t in tensors)
         return tensors
+
+
+def train_step(
+    model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, step: int
+) -> None:
+    """Backward, gradient clipping and AdamW step, then the EMA copy's update; ``step`` counts from 0.
+
+    The EMA decay warms up as ``min(ema_decay, (1 + step) / (10 + step))``.
+    """
+    tc = model.cfg.train
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    opt.step()
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - min(tc.ema_decay, (1 + step) / (10 + step)))
 
 
 def val_scenes(seed: int, size: int, count: int) -> list:
@@ -154,7 +184,8 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     stream = SampleStream(args.seed, cfg.image_size)
     val = val_scenes(args.seed, cfg.image_size, args.val_scenes)
-    amp_dtype = autocast_dtype(torch.device("cpu"), tc.precision)
+    cpu = torch.device("cpu")
+    amp_dtype = autocast_dtype(cpu, tc.precision)
     print(
         f"preset={cfg.name} params={model.num_parameters():,} overrides={args.set} "
         f"precision={'fp32' if amp_dtype is None else amp_dtype}",
@@ -176,15 +207,9 @@ def main() -> None:
             group["lr"] = lr
         image, cumulative, layer, foreground = stream.batch(tc.batch_size)
         cumulative = perturb_cumulative_mask(cumulative, tc.cmask_noise_p)
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with autocast(cpu, amp_dtype):
             loss, _ = model(image, cumulative, layer, foreground)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - min(tc.ema_decay, (1 + step) / (10 + step)))
+        train_step(model, ema, opt, loss, step)
         step += 1
         losses.append(float(loss.detach()))
         train_s += time.perf_counter() - t0

@@ -44,14 +44,10 @@ def bare_loop(
     from pipelines.augment import perturb_cumulative_mask, random_hflip
     from pipelines.optim import EMA, lr_at
     from sas_model.model import SASModel
-    from sas_model.precision import autocast_dtype
+    from sas_model.precision import autocast, autocast_dtype
     from synth.reader import iter_scenes, scene_to_samples
 
-    samples = [
-        (*s, scene.cumulative_masks[-1])
-        for scene in iter_scenes(data_path, split="train")
-        for s in scene_to_samples(scene)
-    ]
+    samples = [s for scene in iter_scenes(data_path, split="train") for s in scene_to_samples(scene, True)]
     images = torch.as_tensor(np.stack([s[0] for s in samples]))
     cumulative = torch.as_tensor(np.stack([s[1] for s in samples]).astype(np.uint8))
     layer = torch.as_tensor(np.stack([s[2] for s in samples]).astype(np.uint8))
@@ -64,7 +60,8 @@ def bare_loop(
         model.parameters(), lr=loop_cfg["lr"], weight_decay=loop_cfg["weight_decay"]
     )
     batch = loop_cfg["global_batch"]
-    amp_dtype = autocast_dtype(torch.device("cpu"), cfg.train.precision)  # as train_loop does
+    cpu = torch.device("cpu")
+    amp_dtype = autocast_dtype(cpu, cfg.train.precision)  # as train_loop does
     wait = 0.0
     start = time.perf_counter()
     for step in range(warmup + steps):
@@ -80,7 +77,7 @@ def bare_loop(
         cmask = perturb_cumulative_mask(cmask, loop_cfg["cmask_noise_p"], generator)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, loop_cfg["lr"], loop_cfg["warmup_steps"], warmup + steps)
-        with torch.autocast("cpu", dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        with autocast(cpu, amp_dtype):
             loss, _ = model(image, cmask, lmask, fg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

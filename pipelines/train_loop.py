@@ -25,7 +25,7 @@ from pipelines.augment import perturb_cumulative_mask, random_hflip
 from pipelines.data import SAMPLE_COLUMNS
 from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
 from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
-from sas_model.precision import autocast_dtype
+from sas_model.precision import autocast, autocast_dtype
 
 
 def _rank0_clock(device: torch.device) -> float:
@@ -157,10 +157,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
 
     amp_dtype = autocast_dtype(device, cfg.train.precision)
-    use_amp = amp_dtype is not None
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if rank == 0:
-        precision = f"autocast {str(amp_dtype).removeprefix('torch.')}" if use_amp else "fp32"
+        precision = f"autocast {str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "fp32"
         say(f"[train] precision: {precision} (train.precision={cfg.train.precision})")
 
     total_steps = int(loop_cfg["steps"])
@@ -205,7 +204,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        with autocast(device, amp_dtype):
             loss, _ = ddp_model(image, cumulative_mask, layer_mask, foreground)
         if (
             loop_cfg.get("inject_nan_from_step") is not None

@@ -87,7 +87,7 @@ class Validator:
             say("[train] warning: the dataset has no 'val' split; validation is skipped")
         self.scenes = scenes
         self.free_scenes = scenes[: int(loop_cfg.get("val_free_scenes", 4))]
-        samples = [(*s, scene.cumulative_masks[-1]) for scene in scenes for s in scene_to_samples(scene)]
+        samples = [s for scene in scenes for s in scene_to_samples(scene, with_foreground=True)]
         limit = int(loop_cfg.get("val_samples", 128))
         self.samples = samples[:limit]
         self.terminal = [k == scene.num_layers for scene in scenes for k in range(scene.num_layers + 1)][

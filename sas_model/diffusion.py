@@ -128,6 +128,6 @@ def diffusion_loss(
 
 
 def foreground_loss(logits: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice of the auxiliary head's ``logits [B,1,H,W]`` against ``foreground [B,1,H,W]`` (0/1)."""
+    """BCE + soft Dice of auxiliary-head ``logits [B,C,H,W]`` against 0/1 targets of the same shape."""
     logits, target = logits.float(), foreground.float()
     return F.binary_cross_entropy_with_logits(logits, target) + dice_loss(torch.sigmoid(logits), target)

@@ -84,12 +84,12 @@ class SASModel(nn.Module):
         self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Raw UNet output ``[B,1,H,W]`` for ``cond [B,4,H,W]``, ``x_t [B,1,H,W]``, ``t long[B]``."""
-        return self._unet_output(cond, x_t, t, self_cond)[:, :1]
+        return self.outputs(cond, x_t, t, self_cond)[:, :1]
 
-    def _unet_output(
-        self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None
+    def outputs(
+        self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Every output channel ``[B,1 (+1 foreground),H,W]``."""
+        """Every output channel ``[B,1 (+1 foreground logits),H,W]``; ``model_output`` is the first."""
         if self.deterministic:  # the baseline: no noisy input, a constant timestep
             x_t = torch.zeros_like(x_t)
             t = torch.full_like(t, self.cfg.diffusion.num_timesteps - 1)
@@ -134,7 +134,7 @@ class SASModel(nn.Module):
         if self.self_condition and not self.deterministic and torch.rand(()) < cfg.self_cond_prob:
             with torch.no_grad():  # Chen et al. 2022 ("Analog Bits"): condition on our own estimate
                 self_cond = self.predict_x0(cond, x_t, t).to(cond.dtype).detach()
-        output = self._unet_output(cond, x_t, t, self_cond)
+        output = self.outputs(cond, x_t, t, self_cond)
         terms = diffusion_loss(self.schedule, cfg, output[:, :1], x0, x_t, t, noise)
         if self.foreground_head:
             fg = foreground_loss(output[:, 1:2], foreground.to(cond.device).float().unsqueeze(1))

@@ -19,7 +19,11 @@ from synth.schema import COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, dec
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.parquet$")
-Sample = tuple[np.ndarray, np.ndarray, np.ndarray, int]
+# (image, C_k, M_k, k), optionally + the scene's foreground C_L: see scene_to_samples
+Sample = (
+    tuple[np.ndarray, np.ndarray, np.ndarray, int]
+    | tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]
+)
 
 
 class DatasetError(Exception):
@@ -164,14 +168,19 @@ def iter_scenes(
                     yield decode_scene(row)
 
 
-def scene_to_samples(scene: Scene) -> list[Sample]:
-    """``[(image, C_k, M_k, k) for k = 0..L]``; the last (k = L) is the terminal sample (empty M_L)."""
+def scene_to_samples(scene: Scene, with_foreground: bool = False) -> list[Sample]:
+    """``[(image, C_k, M_k, k) for k = 0..L]``; the last (k = L) is the terminal sample (empty M_L).
+
+    ``with_foreground`` appends the scene's foreground ``C_L`` (every object) to each sample, as the
+    ``foreground`` column of ``expand_batch_to_samples`` does.
+    """
     layers = scene.num_layers
     empty = np.zeros((scene.height, scene.width), dtype=bool)
+    extra = (scene.cumulative_masks[-1],) if with_foreground else ()
     samples: list[Sample] = []
     for k in range(layers + 1):
         layer_mask = scene.layer_masks[k] if k < layers else empty
-        samples.append((scene.image, scene.cumulative_masks[k], layer_mask, k))
+        samples.append((scene.image, scene.cumulative_masks[k], layer_mask, k, *extra))
     return samples
 
 
