@@ -25,7 +25,13 @@ from typing import Any
 from pipelines.common import UserError
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
-SAMPLER_FLAGS = {"sampler": "name", "steps": "steps", "ensemble": "ensemble_size", "consensus": "consensus"}
+SAMPLER_FLAGS = {
+    "sampler": "name",
+    "steps": "steps",
+    "ensemble": "ensemble_size",
+    "consensus": "consensus",
+    "precision": "precision",
+}
 
 
 @dataclass
@@ -182,6 +188,11 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--steps", type=int, help="denoising steps per layer (UNet passes per member)")
     group.add_argument("--ensemble", type=int, help="ensemble members per layer")
     group.add_argument("--consensus", choices=("medoid", "vote"), help="medoid (reference) or pixel vote")
+    group.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="autocast dtype of the UNet passes (auto: bf16 where the GPU or CPU has it natively, else fp32)",
+    )
     group.add_argument("--seed", type=int, default=0, help="sampling seed (per image; default 0)")
 
 
@@ -194,11 +205,16 @@ def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_sampler_overrides(source: ModelSource, overrides: dict[str, Any]) -> None:
     """Fail with one line when the overrides do not fit the model (e.g. more steps than timesteps)."""
+    import torch
+
     from sas_model.config import ModelConfig
+    from sas_model.precision import autocast_dtype
 
     cfg = ModelConfig.load(Path(source.checkpoint_dir) / "config.json")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as load_source_segmenter
     try:
-        cfg.replace(**{f"sampler.{k}": v for k, v in overrides.items()}).validate()
+        sampler = cfg.replace(**{f"sampler.{k}": v for k, v in overrides.items()}).validate().sampler
+        autocast_dtype(device, sampler.precision, "sampler.precision")
     except ValueError as exc:
         raise UserError(f"{source.label}: {exc}") from None
 

@@ -12,8 +12,9 @@ per image for ONE layer, and for a 6-layer worst case (the paper's ``max_layers`
 - ``ddim-k`` / ``dpmpp2m-k``: the segmenter's ``predict_layer`` on ``--images`` images at once,
   all images × members in one batched chain (timed in full).
 
-Also the batched-vs-looped ensemble speed-up at equal steps. Prints a table and, with ``--json``,
-writes the numbers.
+Also the batched-vs-looped ensemble speed-up at equal steps. Every row runs its UNet passes at the
+same ``--precision`` (``sampler.precision``; default: the preset's, ``auto``), so the ratios compare
+protocols, not dtypes. Prints a table and, with ``--json``, writes the numbers.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch
 
 from sas_model.config import ModelConfig
 from sas_model.model import SASModel
+from sas_model.precision import autocast, autocast_dtype
 from sas_model.samplers import make_sampler
 from sas_model.segmenter import SequentialSegmenter
 
@@ -42,28 +44,46 @@ def _sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def time_chain(model: SASModel, batch: int, steps_timed: int, total_steps: int, name: str = "ddpm") -> float:
-    """Seconds for ``total_steps`` denoising steps on ``batch`` samples, from ``steps_timed`` timed ones."""
+    """Seconds for ``total_steps`` denoising steps on ``batch`` samples, from ``steps_timed`` timed ones.
+
+    The UNet passes autocast as the model's ``sampler.precision`` says, as the segmenter's do.
+    """
     cfg = model.cfg.replace(**{"sampler.name": name, "sampler.steps": total_steps}).sampler
     size, device = model.cfg.image_size, model.schedule.betas.device
+    amp_dtype = autocast_dtype(device, cfg.precision, "sampler.precision")
     cond = model.condition(
         torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8), torch.zeros(batch, size, size)
     )
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, sc: torch.Tensor | None) -> torch.Tensor:
+        with autocast(device, amp_dtype):
+            return model.predict_x0(cond, x, t, sc).float()
+
     sampler = make_sampler(model.schedule, cfg, model.mask_scale)
     sampler.timesteps = sampler.timesteps[:steps_timed]
     noise = lambda: torch.randn(batch, 1, size, size, device=device)  # noqa: E731
-    sampler.sample(lambda x, t, sc: model.predict_x0(cond, x, t, sc), noise)  # warm-up (one-off allocations)
+    sampler.sample(denoise, noise)  # warm-up (one-off allocations)
     _sync(device)
     start = time.perf_counter()
-    sampler.sample(lambda x, t, sc: model.predict_x0(cond, x, t, sc), noise)
+    sampler.sample(denoise, noise)
     _sync(device)
     return (time.perf_counter() - start) * total_steps / steps_timed
 
 
 def bench_preset(
-    name: str, images: int, ddpm_subset: int, fast: list[tuple[str, int]], device: str = "cpu"
+    name: str,
+    images: int,
+    ddpm_subset: int,
+    fast: list[tuple[str, int]],
+    device: str = "cpu",
+    precision: str | None = None,
 ) -> list[dict[str, Any]]:
     torch.manual_seed(0)
-    model = SASModel(ModelConfig.preset(name)).eval().to(device)
+    cfg = ModelConfig.preset(name)
+    if precision:
+        cfg = cfg.replace(**{"sampler.precision": precision}).validate()
+    model = SASModel(cfg).eval().to(device)
+    amp = autocast_dtype(torch.device(device), cfg.sampler.precision, "sampler.precision")
     ensemble = 3
     rows: list[dict[str, Any]] = []
 
@@ -71,6 +91,7 @@ def bench_preset(
         rows.append(
             {
                 "device": device,
+                "precision": str(amp or torch.float32).removeprefix("torch."),
                 "preset": name,
                 "params_M": round(model.num_parameters() / 1e6, 2),
                 "protocol": protocol,
@@ -129,7 +150,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         r["passes_fraction_of_paper"] = r["passes_per_layer"] / reference["passes_per_layer"]
         r["speedup_vs_paper"] = reference["s_per_image_layer"] / r["s_per_image_layer"]
         print(
-            f"{r['preset']:6} {r['params_M']:6.2f}M {r['protocol']:34} "
+            f"{r['preset']:6} {r['params_M']:6.2f}M {r['precision']:8} {r['protocol']:34} "
             f"passes/layer {r['passes_per_layer']:5d} "
             f"(6 layers {r['passes_6_layers']:6d}, 1/{1 / r['passes_fraction_of_paper']:.0f} of paper)  "
             f"s/image/layer {r['s_per_image_layer']:9.3f}  6 layers {r['s_per_image_6_layers']:9.2f}s  "
@@ -149,6 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         "--fast", nargs="+", default=["ddim:10", "ddim:25", "dpmpp2m:10"], help="sampler:steps"
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--precision",
+        default=None,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="sampler.precision for every row (default: the preset's, auto)",
+    )
     parser.add_argument("--json", default=None, help="write the rows to this file")
     args = parser.parse_args(argv)
     fast = [(spec.split(":")[0], int(spec.split(":")[1])) for spec in args.fast]
@@ -158,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows: list[dict[str, Any]] = []
     for preset in args.presets:
-        preset_rows = bench_preset(preset, args.images, args.ddpm_subset, fast, args.device)
+        preset_rows = bench_preset(preset, args.images, args.ddpm_subset, fast, args.device, args.precision)
         report(preset_rows)
         rows += preset_rows
     if args.json:

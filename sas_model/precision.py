@@ -1,9 +1,10 @@
-"""Which autocast dtype training uses: ``train.precision`` resolved for a device.
+"""The autocast dtype of a forward pass: ``train.precision`` or ``sampler.precision`` for a device.
 
-``fp32`` turns autocast off; ``bf16`` and ``fp16`` ask for that dtype (fp16 only on CUDA, where the
-caller pairs it with a gradient scaler); ``auto`` picks bf16 on a CUDA device that supports it (else
+``fp32`` turns autocast off; ``bf16`` and ``fp16`` ask for that dtype (fp16 only on CUDA, where
+training pairs it with a gradient scaler); ``auto`` picks bf16 on a CUDA device that supports it (else
 fp16) and on a CPU with native bf16 instructions (AVX512-BF16 or AMX), and fp32 on other CPUs, where
-emulated bf16 is slower than fp32. Parameters, optimiser state and the loss stay in fp32.
+emulated bf16 is slower than fp32. Parameters, optimiser state, the loss and the samplers' update
+arithmetic stay in fp32: only the UNet passes are autocast.
 """
 
 from __future__ import annotations
@@ -32,18 +33,23 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """The dtype to autocast the forward pass to on ``device``, or ``None`` for plain fp32."""
+def autocast_dtype(
+    device: torch.device, precision: str, field: str = "train.precision"
+) -> torch.dtype | None:
+    """The dtype to autocast the forward pass to on ``device``, or ``None`` for plain fp32.
+
+    ``field`` names the config field in error messages.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
-            raise ValueError("train.precision fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
+            raise ValueError(f"{field} fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
         return torch.float16
     if precision != "auto":
-        raise ValueError(f"unknown train.precision {precision!r}; choose auto, fp32, bf16 or fp16")
+        raise ValueError(f"unknown {field} {precision!r}; choose auto, fp32, bf16 or fp16")
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else None

@@ -32,6 +32,7 @@ import torch
 
 from sas_model.config import SamplerConfig
 from sas_model.instances import SegmentedObject, extract_objects, occlusion_edges, split_disconnected
+from sas_model.precision import autocast, autocast_dtype
 from sas_model.results import LayerPrediction, SegmentationResult
 from sas_model.samplers import make_sampler
 
@@ -147,17 +148,20 @@ class SequentialSegmenter:
         image_t = torch.as_tensor(images, device=dev).repeat_interleave(members, 0)
         cmask_t = torch.as_tensor(cumulative, device=dev).repeat_interleave(members, 0)
         cond = model.condition(image_t, cmask_t)
+        amp_dtype = autocast_dtype(dev, scfg.precision, "sampler.precision")
+
+        def denoise(x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
+            with autocast(dev, amp_dtype):  # the UNet pass only; predict_x0 returns fp32
+                return model.predict_x0(cond, x_t, t, self_cond).float()
+
         if self.cfg.diffusion.mode == "deterministic":
             t = torch.full((a,), self.cfg.diffusion.num_timesteps - 1, dtype=torch.long, device=dev)
-            x0, passes = model.predict_x0(cond, torch.zeros(a, 1, h, w, device=dev), t), 1
+            x0, passes = denoise(torch.zeros(a, 1, h, w, device=dev), t, None), 1
         else:
             sampler = make_sampler(model.schedule, scfg, s)
 
             def noise_fn() -> torch.Tensor:
                 return torch.cat([torch.randn(members, 1, h, w, generator=g) for g in generators]).to(dev)
-
-            def denoise(x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
-                return model.predict_x0(cond, x_t, t, self_cond)
 
             x0, steps = sampler.sample(denoise, noise_fn, self_condition=self.cfg.unet.self_condition)
             passes = steps * members

@@ -90,6 +90,7 @@ def test_replace_takes_dotted_overrides_and_coerces_cli_strings() -> None:
         ({"sampler.name": "euler"}, "sampler.name"),
         ({"sampler.consensus": "mean"}, "consensus"),
         ({"train.precision": "fp8"}, "train.precision"),
+        ({"sampler.precision": "half"}, "sampler.precision"),
         ({"unet.stem_stride": 4}, "stem_stride"),
         ({"image_size": 60}, "divisible"),
         ({"unet.attention_resolutions": (7,)}, "attention_resolutions"),

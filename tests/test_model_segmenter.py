@@ -225,3 +225,24 @@ def test_the_batching_check_depends_on_the_noise() -> None:
         )
         corners |= {bool(r.layer_masks[:, 0, 0].any()) for r in results}
     assert corners == {True, False}
+
+
+@pytest.mark.parametrize("precision, dtype", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_sampler_precision_autocasts_the_unet_passes(precision: str, dtype: torch.dtype) -> None:
+    from sas_model.model import SASModel
+
+    model = SASModel(ModelConfig.preset("tiny"))
+    seen: list[torch.dtype] = []
+    model.unet.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    prediction = SequentialSegmenter(model).predict_layer(
+        np.zeros((2, 64, 64, 3), np.uint8), np.zeros((2, 64, 64), bool), seed=0, precision=precision, steps=2
+    )
+    assert seen == [dtype, dtype]  # one batched pass per sampler step
+    assert prediction.uncertainty.dtype == np.float32  # the sampler's arithmetic stays fp32
+
+
+def test_fp16_sampling_on_a_cpu_is_a_one_line_error() -> None:
+    segmenter = SequentialSegmenter(ScriptedModel({0: []}))
+    with pytest.raises(ValueError, match="sampler.precision fp16 needs a CUDA device") as info:
+        segmenter.segment(images(0), precision="fp16")
+    assert "\n" not in str(info.value)

@@ -13,9 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from eval_support import FAST_SAMPLER, make_checkpoint
 from PIL import Image
 from train_support import make_dataset
+
+_HAS_CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +110,11 @@ def test_no_readable_image_is_one_line_error(env, local_ray, capsys, tmp_path):
         (["--model", "/no/such/model"], "does not exist"),
         (["--input", "/no/such/input"], "--input /no/such/input does not exist"),
         (["--steps", "0"], "sampler.steps must be in 1..1000"),
+        pytest.param(
+            ["--precision", "fp16"],
+            "sampler.precision fp16 needs a CUDA device",
+            marks=pytest.mark.skipif(_HAS_CUDA, reason="fp16 sampling is valid on a GPU"),
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_errors(env, capsys, tmp_path, args, message):
