@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.common import UserError
+from sas_model.config import PRECISIONS  # no torch import: the CLIs' --help stays fast
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 SAMPLER_FLAGS = {
@@ -132,14 +133,18 @@ def _download(uri: str, tracking_uri: str | None, cache_dir: str | None) -> Path
         raise UserError(f"cannot download {uri}: {exc}") from None
 
 
-def load_source_segmenter(source: ModelSource, device: str | None = None) -> Any:
-    """``SequentialSegmenter`` for ``source`` (EMA weights), on CUDA when present unless ``device`` says."""
+def inference_device() -> str:
+    """Where the CLIs run the model: CUDA when present, else the CPU."""
     import torch
 
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_source_segmenter(source: ModelSource, device: str | None = None) -> Any:
+    """``SequentialSegmenter`` for ``source`` (EMA weights) on ``device``, else ``inference_device()``."""
     from sas_model.checkpoint import load_segmenter
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return load_segmenter(source.local_checkpoint(), device=device)
+    return load_segmenter(source.local_checkpoint(), device=device or inference_device())
 
 
 def model_summary(source: ModelSource) -> dict[str, Any]:
@@ -190,7 +195,7 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--consensus", choices=("medoid", "vote"), help="medoid (reference) or pixel vote")
     group.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help="autocast dtype of the UNet passes (auto: bf16 where the GPU or CPU has it natively, else fp32)",
     )
     group.add_argument("--seed", type=int, default=0, help="sampling seed (per image; default 0)")
@@ -211,10 +216,9 @@ def check_sampler_overrides(source: ModelSource, overrides: dict[str, Any]) -> N
     from sas_model.precision import autocast_dtype
 
     cfg = ModelConfig.load(Path(source.checkpoint_dir) / "config.json")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as load_source_segmenter
     try:
         sampler = cfg.replace(**{f"sampler.{k}": v for k, v in overrides.items()}).validate().sampler
-        autocast_dtype(device, sampler.precision, "sampler.precision")
+        autocast_dtype(torch.device(inference_device()), sampler.precision, "sampler.precision")
     except ValueError as exc:
         raise UserError(f"{source.label}: {exc}") from None
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sas_model.config import ModelConfig
+from sas_model.config import PRECISIONS, ModelConfig
 from sas_model.model import SASModel
 from sas_model.precision import autocast, autocast_dtype
 from sas_model.samplers import make_sampler
@@ -57,7 +57,7 @@ def time_chain(model: SASModel, batch: int, steps_timed: int, total_steps: int, 
 
     def denoise(x: torch.Tensor, t: torch.Tensor, sc: torch.Tensor | None) -> torch.Tensor:
         with autocast(device, amp_dtype):
-            return model.predict_x0(cond, x, t, sc).float()
+            return model.predict_x0(cond, x, t, sc)  # fp32 (x0_from_output casts)
 
     sampler = make_sampler(model.schedule, cfg, model.mask_scale)
     sampler.timesteps = sampler.timesteps[:steps_timed]
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--precision",
         default=None,
-        choices=["auto", "fp32", "bf16", "fp16"],
+        choices=PRECISIONS,
         help="sampler.precision for every row (default: the preset's, auto)",
     )
     parser.add_argument("--json", default=None, help="write the rows to this file")

@@ -152,7 +152,7 @@ class SequentialSegmenter:
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
             with autocast(dev, amp_dtype):  # the UNet pass only; predict_x0 returns fp32
-                return model.predict_x0(cond, x_t, t, self_cond).float()
+                return model.predict_x0(cond, x_t, t, self_cond)
 
         if self.cfg.diffusion.mode == "deterministic":
             t = torch.full((a,), self.cfg.diffusion.num_timesteps - 1, dtype=torch.long, device=dev)
