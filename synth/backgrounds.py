@@ -16,7 +16,7 @@ import numpy as np
 from synth.textures import PATTERNS, pattern_field
 
 BACKGROUND_KINDS = ("linear", "corners", "noise", "stripes", "checks", "photo")
-_KIND_CDF = np.cumsum([0.15, 0.15, 0.15, 0.1, 0.1, 0.35])
+BACKGROUND_WEIGHTS = (0.15, 0.15, 0.15, 0.1, 0.1, 0.35)  # over BACKGROUND_KINDS: today's "textured" mix
 PHOTO_FILES = (
     "astronaut.png",
     "coffee.png",
@@ -79,15 +79,17 @@ def photo_pyramid(size: int) -> tuple[np.ndarray, ...]:
     return tuple(levels)
 
 
-def render_backgrounds(u: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def render_backgrounds(
+    u: np.ndarray, height: int, width: int, weights: tuple[float, ...] = BACKGROUND_WEIGHTS
+) -> tuple[np.ndarray, np.ndarray]:
     """Backgrounds for B scenes from uniforms ``u`` float[B, NUM_BACKGROUND_UNIFORMS].
 
+    ``weights`` is the mixture over ``BACKGROUND_KINDS`` (need not sum to 1).
     Returns ``(images float32[B, H, W, 3] in [0, 1], kind int[B])`` (kind indexes BACKGROUND_KINDS).
     """
     b = u.shape[0]
-    kind = np.searchsorted(_KIND_CDF, u[:, 0] * _KIND_CDF[-1], side="right").clip(
-        0, len(BACKGROUND_KINDS) - 1
-    )
+    cdf = np.cumsum(weights)
+    kind = np.searchsorted(cdf, u[:, 0] * cdf[-1], side="right").clip(0, len(BACKGROUND_KINDS) - 1)
     photos = photo_pyramid(max(height, width)) if (kind == BACKGROUND_KINDS.index("photo")).any() else ()
     if not photos:
         kind = np.where(kind == BACKGROUND_KINDS.index("photo"), BACKGROUND_KINDS.index("noise"), kind)

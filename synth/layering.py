@@ -115,3 +115,68 @@ def compute_layers(amodal_masks: np.ndarray, depth: np.ndarray) -> LayerInfo:
         cumulative_masks=cumulative_masks,
         num_layers=num_layers,
     )
+
+
+@dataclass(frozen=True)
+class OcclusionMaps:
+    """Per-pixel occlusion facts of one scene (int8[H, W] each), from :func:`occlusion_maps`.
+
+    - ``visible_id``: 1 + index of the object visible at the pixel, 0 on the background.
+    - ``visible_layer``: layer of that object, -1 on the background.
+    - ``occluder_layer``: at a visible pixel of object ``j`` that touches (4-neighbourhood) a pixel
+      where another object ``i`` is visible and hides ``j`` (``j``'s amodal mask covers that pixel),
+      the largest layer of such an ``i``; -1 elsewhere. These are the boundary pixels on the
+      *occluded side* of an occlusion boundary ("border ownership": the other side owns the border).
+
+    For layer step ``k`` (given ``C_k``): the occluded-side boundary pixels whose occluder is not yet
+    in ``C_k`` are ``occluder_layer >= k``; the visible pixels of objects that are still hidden by
+    something outside ``C_k`` are ``visible_layer > k``; those of layer ``k`` are ``visible_layer == k``.
+    """
+
+    visible_id: np.ndarray
+    visible_layer: np.ndarray
+    occluder_layer: np.ndarray
+
+    def stacked(self) -> np.ndarray:
+        """int8[3, H, W]: ``visible_id``, ``visible_layer``, ``occluder_layer``."""
+        return np.stack([self.visible_id, self.visible_layer, self.occluder_layer])
+
+
+_NEIGHBOURS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+
+
+def occlusion_maps(
+    amodal_masks: np.ndarray, visible_masks: np.ndarray, object_layer: np.ndarray
+) -> OcclusionMaps:
+    """Visible ids, visible layers and occluded-side boundary pixels (see :class:`OcclusionMaps`).
+
+    Args: ``amodal_masks``/``visible_masks`` bool[N, H, W], ``object_layer`` int[N] (as computed by
+    :func:`compute_layers`; visible masks are disjoint). At most 126 objects.
+    """
+    amodal = np.asarray(amodal_masks, dtype=bool)
+    visible = np.asarray(visible_masks, dtype=bool)
+    layer = np.asarray(object_layer, dtype=np.int64).reshape(-1)
+    n, height, width = amodal.shape
+    if n > 126:
+        raise ValueError(f"occlusion_maps handles at most 126 objects, got {n}")
+    ids = np.zeros((height, width), dtype=np.int64)
+    for j in range(n):
+        ids[visible[j]] = j + 1
+    layer_of = np.concatenate([[-1], layer])  # by id
+    occluder = np.full((height, width), -1, dtype=np.int64)
+    if n:
+        ys, xs = np.nonzero(ids)
+        own = ids[ys, xs] - 1
+        for dy, dx in _NEIGHBOURS:
+            qy, qx = ys + dy, xs + dx
+            inside = (qy >= 0) & (qy < height) & (qx >= 0) & (qx < width)
+            qy, qx = np.where(inside, qy, 0), np.where(inside, qx, 0)
+            other = ids[qy, qx] - 1
+            hides = inside & (other >= 0) & (other != own) & amodal[own, qy, qx]
+            value = np.where(hides, layer_of[other + 1], -1)
+            occluder[ys, xs] = np.maximum(occluder[ys, xs], value)
+    return OcclusionMaps(
+        visible_id=ids.astype(np.int8),
+        visible_layer=layer_of[ids].astype(np.int8),
+        occluder_layer=occluder.astype(np.int8),
+    )

@@ -16,7 +16,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from synth.backgrounds import NUM_BACKGROUND_UNIFORMS, render_backgrounds
+from synth.backgrounds import (
+    BACKGROUND_KINDS,
+    BACKGROUND_WEIGHTS,
+    NUM_BACKGROUND_UNIFORMS,
+    render_backgrounds,
+)
 from synth.counter_rng import stream_id, uniforms
 from synth.schema import Scene, scene_from_masks
 from synth.shapes import NUM_SHAPE_UNIFORMS, sample_shapes, signed_distance
@@ -33,7 +38,7 @@ _F = _P + 4
 _NUM_OBJECT_UNIFORMS = _F + 16
 _SCENE_BG = 10
 _NUM_SCENE_UNIFORMS = _SCENE_BG + NUM_BACKGROUND_UNIFORMS
-_FILL_CDF = np.cumsum([0.3, 0.2, 0.1, 0.15, 0.1, 0.15])  # over textures.PATTERNS
+FILL_WEIGHTS = (0.3, 0.2, 0.1, 0.15, 0.1, 0.15)  # over textures.PATTERNS: today's "textured" mix
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,8 @@ class RenderConfig:
     max_objects: int = 8
     min_visible: float = 0.10
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
+    fill_weights: tuple[float, ...] = FILL_WEIGHTS  # object fills, over textures.PATTERNS
+    background_weights: tuple[float, ...] = BACKGROUND_WEIGHTS  # over backgrounds.BACKGROUND_KINDS
 
     def validate(self) -> None:
         if not (32 <= self.size <= 512 and self.size % 16 == 0):
@@ -55,9 +62,29 @@ class RenderConfig:
             )
         if not 0.0 <= self.min_visible <= 0.9:
             raise ValueError(f"min_visible must be in [0, 0.9], got {self.min_visible}")
+        for name, weights, kinds in (
+            ("fill_weights", self.fill_weights, PATTERNS),
+            ("background_weights", self.background_weights, BACKGROUND_KINDS),
+        ):
+            if len(weights) != len(kinds) or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(
+                    f"{name} needs {len(kinds)} non-negative weights (over {', '.join(kinds)}) "
+                    f"with a positive sum, got {list(weights)}"
+                )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "split_fractions": list(self.split_fractions)}
+        return {
+            **asdict(self),
+            "split_fractions": list(self.split_fractions),
+            "fill_weights": list(self.fill_weights),
+            "background_weights": list(self.background_weights),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> RenderConfig:
+        """Inverse of ``to_dict`` (manifests written before the mixture fields get today's mixes)."""
+        tuples = ("split_fractions", "fill_weights", "background_weights")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
 
 @dataclass
@@ -163,21 +190,22 @@ def _render_attempt(seed: int, ids: np.ndarray, attempt: int, cfg: RenderConfig)
         np.searchsorted(scene_rows, scene_of[keep_obj]),
         slot[keep_obj],
         _object_geometry(ou[keep_obj], su[scene_of[keep_obj]], size),
-        size,
+        cfg,
     )
     masks = masks[keep_obj]
     bounds = np.cumsum(count[ok])[:-1]
     return ok, images, np.split(masks, bounds)
 
 
-def _composite(su, ou, distance, scene_of, slot, geometry, size: int) -> np.ndarray:
+def _composite(su, ou, distance, scene_of, slot, geometry, cfg: RenderConfig) -> np.ndarray:
     """uint8[B, H, W, 3]: backgrounds, then objects painted back to front with anti-aliased edges.
 
     Colours are computed only at the P pixels an object touches (coverage > 0), a small part of
     the O x H x W grid.
     """
     f32 = np.float32
-    image, _ = render_backgrounds(su[:, _SCENE_BG:], size, size)
+    size = cfg.size
+    image, _ = render_backgrounds(su[:, _SCENE_BG:], size, size, cfg.background_weights)
     if len(ou) == 0:
         return (image * 255 + 0.5).astype(np.uint8)
     cx, cy, radius = geometry
@@ -186,7 +214,8 @@ def _composite(su, ou, distance, scene_of, slot, geometry, size: int) -> np.ndar
     d = distance.reshape(-1)[touched]
     obj, pix = np.divmod(touched, pixels)
     py, px = np.divmod(pix, size)
-    pattern = np.searchsorted(_FILL_CDF, ou[:, _F] * _FILL_CDF[-1], side="right").clip(0, len(PATTERNS) - 1)
+    fill_cdf = np.cumsum(cfg.fill_weights)
+    pattern = np.searchsorted(fill_cdf, ou[:, _F] * fill_cdf[-1], side="right").clip(0, len(PATTERNS) - 1)
     field = pattern_field(
         obj,
         (px.astype(f32) + f32(0.5)) - cx.astype(f32)[obj],
