@@ -26,8 +26,8 @@ def random_hflip(
 ) -> tuple[torch.Tensor, ...]:
     """Flip each sample (its image and every mask) left-right with probability ``p``.
 
-    Shapes: ``image`` [B,H,W,3] (channels-last) or [B,3,H,W]; masks [B,H,W]. Any dtype.
-    Returns ``(image, *masks)``.
+    Shapes: ``image`` [B,H,W,3] (channels-last) or [B,3,H,W]; masks [B,...,H,W] (width last, e.g.
+    [B,H,W] or the occlusion maps [B,3,H,W]). Any dtype. Returns ``(image, *masks)``.
     """
     batch = image.shape[0]
     flip = torch.rand(batch, generator=generator, device="cpu").lt(p).to(image.device)
@@ -36,7 +36,10 @@ def random_hflip(
     width_dim_image = 2 if image.shape[-1] == 3 and image.dim() == 4 else 3
     view = (-1,) + (1,) * (image.dim() - 1)
     image = torch.where(flip.view(view), image.flip(width_dim_image), image)
-    return (image, *(torch.where(flip.view(-1, 1, 1), mask.flip(2), mask) for mask in masks))
+    return (
+        image,
+        *(torch.where(flip.view((-1,) + (1,) * (mask.dim() - 1)), mask.flip(-1), mask) for mask in masks),
+    )
 
 
 def erode(mask: torch.Tensor, radius: int = 1) -> torch.Tensor:

@@ -1,16 +1,25 @@
-"""Learning-curve probe: how fast does a preset learn on this CPU? (single process, no Ray)
+"""Learning-curve probe: how fast does a model learn occlusion order? (single process, no Ray, no MLflow)
 
-Trains a preset on scenes rendered in-process (train split of ``synth.render``), and every
-``--eval-every`` minutes evaluates the EMA weights on held-out val scenes:
+Trains a preset on scenes rendered in-process (train split of a scene family) and, every
+``--eval-steps`` steps (or ``--eval-every`` minutes), evaluates the EMA weights on held-out val
+scenes of the same family, beside the trivial answers on the same scenes:
 
-- teacher-forced IoU per layer (given the true cumulative mask ``C_k``), and
-- free-running IoU per layer (the full sequential segmenter), plus layer-count accuracy.
+- teacher-forced IoU per layer (given the true ``C_k``), the trivial answer "everything not yet in
+  ``C_k``" (``trivial/layer{k}``; layer 0: "every object is in front") and the margin over it;
+- ``probe_pair_order``: over true occlusion edges whose front object is in layer 0, the front object's
+  mean predicted layer-0 probability over its visible pixels beats the back object's (chance 0.5);
+- with the full evaluation (not ``--quick``, and always at the end): the free-running segmenter's
+  IoU per layer, ``pair_order`` (front object in an earlier predicted layer), layer-count accuracy.
 
-It writes one JSON line per evaluation to ``--out`` and prints a table; it is how the tiny/small
-recipes were chosen (see the model issue's note)::
+One JSON line per evaluation goes to ``--out``. ``--minimal`` is the quick mechanism check of the model
+issue (2 flat objects, layer 0 only, the deterministic head; a few CPU minutes)::
 
-    python pipelines/bench_learning.py --preset tiny --minutes 15 --out runs/curve_tiny.jsonl
-    python pipelines/bench_learning.py --preset tiny --set diffusion.mode=deterministic --minutes 15
+    python pipelines/bench_learning.py --minimal --steps 2000 --eval-steps 500
+    python pipelines/bench_learning.py --preset tiny --family flat --steps 3000 --out runs/curve.jsonl
+    python pipelines/bench_learning.py --preset small --device cuda --batch 256 --minutes 8 --save ckpt
+
+With ``--save DIR`` the run writes a resumable state there after each evaluation (model, EMA,
+optimiser, step, curve) and a rerun of the same command continues from it.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,16 +36,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipelines.augment import perturb_cumulative_mask
-from pipelines.optim import lr_at
-from sas_model.checkpoint import save_checkpoint
-from sas_model.config import ModelConfig
-from sas_model.metrics import layer_ious, mask_iou, mean_by_layer
-from sas_model.model import SASModel
-from sas_model.precision import autocast, autocast_dtype
-from sas_model.segmenter import SequentialSegmenter
-from synth.reader import scene_to_samples
-from synth.render import RenderConfig, render_scenes
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.augment import perturb_cumulative_mask, random_hflip  # noqa: E402
+from pipelines.optim import lr_at  # noqa: E402
+from sas_model.checkpoint import save_checkpoint  # noqa: E402
+from sas_model.config import ModelConfig  # noqa: E402
+from sas_model.metrics import layer_ious, mask_iou, mean_by_layer, pair_order, trivial_layer_ious  # noqa: E402
+from sas_model.model import SASModel  # noqa: E402
+from sas_model.precision import autocast, autocast_dtype  # noqa: E402
+from sas_model.segmenter import SequentialSegmenter  # noqa: E402
+from synth.families import FAMILIES, family_config  # noqa: E402
+from synth.reader import Sample, collate_samples, scene_to_samples  # noqa: E402
+from synth.render import RenderConfig, render_scenes  # noqa: E402
+
+FLIP_FIELDS = ("image", "cumulative_mask", "layer_mask", "foreground", "occlusion")
+VAL_START = 10_000_000  # val scenes come from ids far from the training ids
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
@@ -53,24 +70,23 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 class SampleStream:
     """Endless shuffled training samples from train-split scenes rendered on the fly.
 
-    ``expand(scene)`` gives a scene's sample tuples (default ``scene_to_samples(scene, True)``:
-    ``(image, C_k, M_k, k, foreground)``); ``batch`` stacks the tuple positions in ``fields``
-    (default image, C_k, M_k, foreground) and, with ``hflip``, flips half the batches left-right
-    (fields must then be ``[H,W,3]`` or ``[H,W]`` arrays).
+    ``layers``: keep only samples of these layer indices (None: every k, the terminal one included).
+    ``batch`` returns :func:`synth.reader.collate_samples` tensors; with ``hflip`` half the batches
+    are mirrored left-right.
     """
 
     def __init__(
         self,
         seed: int,
-        size: int,
+        render: RenderConfig,
         buffer: int = 2048,
-        expand: Callable[[Any], list[tuple]] | None = None,
-        fields: tuple[int, ...] = (0, 1, 2, 4),
+        layers: tuple[int, ...] | None = None,
         hflip: bool = True,
+        expand: Callable[[Any], list[Sample]] | None = None,
     ) -> None:
-        self.seed, self.cfg, self.buffer = seed, RenderConfig(size=size), buffer
-        self.expand = expand or (lambda scene: scene_to_samples(scene, with_foreground=True))
-        self.fields, self.hflip = fields, hflip
+        self.seed, self.cfg, self.buffer = seed, render, buffer
+        self.layers, self.hflip = layers, hflip
+        self.expand = expand or scene_to_samples
         self.next_id, self.pool = 0, []
         self.rng = np.random.default_rng(seed)
 
@@ -78,19 +94,31 @@ class SampleStream:
         while len(self.pool) < self.buffer:
             scenes = render_scenes(self.seed, self.next_id, 256, self.cfg)
             self.next_id += 256
-            self.pool += [s for sc in scenes if sc.split == "train" for s in self.expand(sc)]
+            self.pool += [
+                s
+                for sc in scenes
+                if sc.split == "train"
+                for s in self.expand(sc)
+                if self.layers is None or s.layer_index in self.layers
+            ]
         order = self.rng.permutation(len(self.pool))
         self.pool = [self.pool[i] for i in order]
 
-    def batch(self, n: int) -> tuple[torch.Tensor, ...]:
-        """One tensor ``[n, ...]`` per position in ``fields``."""
-        if len(self.pool) < self.buffer // 2:
+    def batch(self, n: int) -> dict[str, torch.Tensor]:
+        if len(self.pool) < max(n, self.buffer // 2):
             self._refill()
         taken, self.pool = self.pool[:n], self.pool[n:]
-        tensors = tuple(torch.from_numpy(np.stack([s[i] for s in taken])) for i in self.fields)
-        if self.hflip and self.rng.random() < 0.5:  # horizontal flip of the whole batch
-            tensors = tuple(t.flip(2) for t in tensors)
+        tensors = {k: torch.from_numpy(v) for k, v in collate_samples(taken).items()}
+        if self.hflip and self.rng.random() < 0.5:
+            flipped = random_hflip(*(tensors[k] for k in FLIP_FIELDS), p=1.0)
+            tensors.update(zip(FLIP_FIELDS, flipped, strict=True))
         return tensors
+
+    def state(self) -> dict[str, Any]:
+        return {"next_id": self.next_id}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.next_id, self.pool = int(state["next_id"]), []
 
 
 def train_step(
@@ -110,21 +138,42 @@ def train_step(
             pe.lerp_(pm, 1 - min(tc.ema_decay, (1 + step) / (10 + step)))
 
 
-def val_scenes(seed: int, size: int, count: int) -> list:
-    scenes, start = [], 10_000_000  # far from the training ids
+def val_scenes(seed: int, render: RenderConfig, count: int) -> list:
+    scenes, start = [], VAL_START
     while len(scenes) < count:
-        scenes += [s for s in render_scenes(seed, start, 256, RenderConfig(size=size)) if s.split == "val"]
+        scenes += [s for s in render_scenes(seed, start, 256, render) if s.split == "val"]
         start += 256
     return scenes[:count]
 
 
-def evaluate(model: SASModel, scenes: list, max_layer: int = 3, quick: bool = False) -> dict[str, float]:
+def probe_pair_order(soft: np.ndarray, scenes: list) -> tuple[int, int]:
+    """``(correct, pairs)``: edges (front, back) with the front in layer 0 whose front object's mean
+    layer-0 probability ``soft float[N,H,W]`` over its visible pixels beats the back object's."""
+    correct = pairs = 0
+    for prob, scene in zip(soft, scenes, strict=True):
+        if not scene.has_instances:
+            continue
+        score = [float(prob[v].mean()) if v.any() else 0.0 for v in scene.visible_masks]
+        for front, back in np.asarray(scene.occlusion_edges).reshape(-1, 2):
+            if scene.object_layer[front] == 0:
+                pairs += 1
+                correct += int(score[front] > score[back])
+    return correct, pairs
+
+
+def evaluate(
+    model: SASModel,
+    scenes: list,
+    max_layer: int = 3,
+    quick: bool = False,
+    layers: tuple[int, ...] | None = None,
+) -> dict[str, float]:
     """EMA metrics on val scenes; ``quick``: teacher-forced only, one ensemble member."""
-    seg = SequentialSegmenter(model)
+    seg = SequentialSegmenter(model, device=next(model.parameters()).device)
     overrides = {"ensemble_size": 1} if quick else {}
-    images = np.stack([s.image for s in scenes])
     out: dict[str, float] = {}
-    for k in range(max_layer):
+    trivial = mean_by_layer([dict(enumerate(trivial_layer_ious(s.layer_masks))) for s in scenes])
+    for k in range(max_layer) if layers is None else layers:
         rows = [s for s in scenes if s.layer_masks.shape[0] > k]
         if not rows:
             continue
@@ -134,109 +183,170 @@ def evaluate(model: SASModel, scenes: list, max_layer: int = 3, quick: bool = Fa
             seed=0,
             **overrides,
         )
-        out[f"tf_layer{k}"] = float(
+        iou = float(
             np.mean([mask_iou(p, s.layer_masks[k]) for p, s in zip(pred.layer_mask, rows, strict=True)])
         )
+        out[f"tf_layer{k}"] = iou
+        out[f"trivial_layer{k}"] = trivial[k]
+        out[f"margin_tf_layer{k}"] = iou - trivial[k]
+        if k == 0:
+            correct, pairs = probe_pair_order(pred.soft, rows)
+            out["probe_pair_order"] = correct / max(1, pairs)
     if quick:
         return out
-    results = seg.segment(images, seed=0)
+    results = seg.segment(np.stack([s.image for s in scenes]), seed=0)
     free = mean_by_layer(
         [layer_ious(r.layer_masks, s.layer_masks) for r, s in zip(results, scenes, strict=True)]
     )
     for k in range(max_layer):
         if k in free:
             out[f"free_layer{k}"] = free[k]
+    correct = pairs = 0
+    for r, s in zip(results, scenes, strict=True):
+        if s.has_instances:
+            c, p = pair_order(r.layer_masks, s.visible_masks, s.occlusion_edges)
+            correct, pairs = correct + c, pairs + p
+    out["pair_order"] = correct / max(1, pairs)
     out["layer_count_acc"] = float(
         np.mean([r.num_layers == s.layer_masks.shape[0] for r, s in zip(results, scenes, strict=True)])
     )
     return out
 
 
-def main() -> None:
+def _state_path(save: Path) -> Path:
+    return save / "probe_state.pt"
+
+
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--preset", default="tiny", help="preset name or a config JSON file")
     ap.add_argument("--set", nargs="*", default=[], help="dotted overrides, e.g. train.lr=2e-3")
+    ap.add_argument("--family", default="textured", help=f"scene family: {', '.join(FAMILIES)}")
+    ap.add_argument("--objects", nargs=2, type=int, default=None, metavar=("MIN", "MAX"))
+    ap.add_argument("--layers", nargs="*", type=int, default=None, help="train (and score) only these k")
+    ap.add_argument(
+        "--minimal",
+        action="store_true",
+        help="the minimal task: --family flat2 --layers 0 --set diffusion.mode=deterministic --quick",
+    )
     ap.add_argument("--minutes", type=float, default=15.0)
     ap.add_argument("--eval-every", type=float, default=3.0, help="minutes of training between evaluations")
-    ap.add_argument(
-        "--steps", type=int, default=0, help="step budget instead of minutes (for a contended machine)"
-    )
+    ap.add_argument("--steps", type=int, default=0, help="step budget instead of minutes")
     ap.add_argument("--eval-steps", type=int, default=500, help="steps between evaluations with --steps")
-    ap.add_argument("--val-scenes", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default: the preset's)")
+    ap.add_argument("--val-scenes", type=int, default=256)
     ap.add_argument("--quick", action="store_true", help="cheap evaluations; the full one at the end only")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file for the curve")
-    ap.add_argument("--save", default=None, help="write the final EMA model as a checkpoint directory here")
-    args = ap.parse_args()
+    ap.add_argument("--save", default=None, help="resumable state and the final EMA checkpoint go here")
+    args = ap.parse_args(argv)
+    if args.minimal:
+        args.family = "flat2" if args.family == "textured" else args.family
+        args.layers = args.layers if args.layers is not None else [0]
+        args.set = ["diffusion.mode=deterministic", *args.set]
+        args.quick = True
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = (
-        ModelConfig.preset(args.preset)
-        if not args.preset.endswith(".json")
-        else ModelConfig.load(args.preset)
-    )
+    device = torch.device(args.device)
+    cfg = ModelConfig.load(args.preset) if args.preset.endswith(".json") else ModelConfig.preset(args.preset)
     cfg = cfg.replace(**parse_overrides(args.set))
-    model = SASModel(cfg)
+    if args.batch:
+        cfg = cfg.replace(**{"train.batch_size": args.batch})
+    render = family_config(args.family, cfg.image_size)
+    if args.objects:
+        render = family_config(
+            args.family, cfg.image_size, min_objects=args.objects[0], max_objects=args.objects[1]
+        )
+    layers = tuple(args.layers) if args.layers is not None else None
+    model = SASModel(cfg).to(device)
     ema = copy.deepcopy(model).eval()
     tc = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    stream = SampleStream(args.seed, cfg.image_size)
-    val = val_scenes(args.seed, cfg.image_size, args.val_scenes)
-    cpu = torch.device("cpu")
-    amp_dtype = autocast_dtype(cpu, tc.precision)
+    stream = SampleStream(args.seed, render, layers=layers)
+    val = val_scenes(args.seed, render, args.val_scenes)
+    amp_dtype = autocast_dtype(device, tc.precision)
+    save = Path(args.save) if args.save else None
+    out = Path(args.out) if args.out else None
+    train_s, step, curve = 0.0, 0, []
+    if save and _state_path(save).exists():
+        state = torch.load(_state_path(save), map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        stream.restore(state["stream"])
+        step, train_s, curve = int(state["step"]), float(state["train_s"]), json.loads(state["curve"])
+        torch.manual_seed(args.seed + step)
+        print(f"[probe] resumed from {save} at step {step}", flush=True)
     print(
-        f"preset={cfg.name} params={model.num_parameters():,} overrides={args.set} "
-        f"precision={'fp32' if amp_dtype is None else amp_dtype}",
+        f"[probe] preset={cfg.name} params={model.num_parameters():,} family={args.family} "
+        f"objects={render.min_objects}-{render.max_objects} layers={layers or 'all'} overrides={args.set} "
+        f"device={device} precision={'fp32' if amp_dtype is None else amp_dtype} batch={tc.batch_size}",
         flush=True,
     )
-    out = Path(args.out) if args.out else None
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("")
-    train_s, step, next_eval, losses = 0.0, 0, args.eval_every * 60, []
-    while True:
+        out.write_text("".join(json.dumps(row) + "\n" for row in curve))
+    total = args.steps
+    next_eval = (len(curve) + 1) * (args.eval_steps if total else args.eval_every * 60)
+    losses: list[float] = []
+    done = (total and step >= total) or (not total and train_s >= args.minutes * 60)
+    while not done:
         t0 = time.perf_counter()
         lr = (
-            lr_at(step, tc.lr, tc.warmup_steps, args.steps)
-            if args.steps
+            lr_at(step, tc.lr, tc.warmup_steps, total)
+            if total
             else tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
         )
         for group in opt.param_groups:
             group["lr"] = lr
-        image, cumulative, layer, foreground = stream.batch(tc.batch_size)
-        cumulative = perturb_cumulative_mask(cumulative, tc.cmask_noise_p)
-        with autocast(cpu, amp_dtype):
-            loss, _ = model(image, cumulative, layer, foreground)
+        batch = {k: v.to(device) for k, v in stream.batch(tc.batch_size).items()}
+        batch["cumulative_mask"] = perturb_cumulative_mask(batch["cumulative_mask"], tc.cmask_noise_p)
+        with autocast(device, amp_dtype):
+            loss, _ = model(**batch)
         train_step(model, ema, opt, loss, step)
         step += 1
         losses.append(float(loss.detach()))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         train_s += time.perf_counter() - t0
-        if args.steps:
-            due, done = step % args.eval_steps == 0 or step >= args.steps, step >= args.steps
-        else:
-            due, done = train_s >= next_eval or train_s >= args.minutes * 60, train_s >= args.minutes * 60
-        if due:
+        done = (total and step >= total) or (not total and train_s >= args.minutes * 60)
+        if (step if total else train_s) >= next_eval or done:
             t1 = time.perf_counter()
-            metrics = evaluate(ema, val, quick=args.quick and not done)
+            metrics = evaluate(ema, val, quick=args.quick and not done, layers=layers)
             row = {
                 "minutes": round(train_s / 60, 2),
                 "step": step,
+                "samples": step * tc.batch_size,
                 "s_per_step": round(train_s / step, 3),
-                "loss": float(np.mean(losses[-50:])),
+                "loss": round(float(np.mean(losses[-50:])), 4),
                 **{k: round(v, 4) for k, v in metrics.items()},
                 "eval_s": round(time.perf_counter() - t1, 1),
             }
+            curve.append(row)
             print(json.dumps(row), flush=True)
             if out:
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-            next_eval += args.eval_every * 60
-        if done:
-            break
-    if args.save:
-        save_checkpoint(args.save, ema)
+            next_eval += args.eval_steps if total else args.eval_every * 60
+            if save:
+                save.mkdir(parents=True, exist_ok=True)
+                state = {
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "stream": stream.state(),
+                    "step": step,
+                    "train_s": train_s,
+                    "curve": json.dumps(curve),
+                }
+                tmp = _state_path(save).with_suffix(".tmp")
+                torch.save(state, tmp)
+                tmp.replace(_state_path(save))
+    if save:
+        save_checkpoint(save / "checkpoint", ema, extra={"step": step, "probe": vars(args)})
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
 
 from pipelines import common
@@ -45,13 +44,10 @@ def bare_loop(
     from pipelines.optim import EMA, lr_at
     from sas_model.model import SASModel
     from sas_model.precision import autocast, autocast_dtype
-    from synth.reader import iter_scenes, scene_to_samples
+    from synth.reader import collate_samples, iter_scenes, scene_to_samples
 
-    samples = [s for scene in iter_scenes(data_path, split="train") for s in scene_to_samples(scene, True)]
-    images = torch.as_tensor(np.stack([s[0] for s in samples]))
-    cumulative = torch.as_tensor(np.stack([s[1] for s in samples]).astype(np.uint8))
-    layer = torch.as_tensor(np.stack([s[2] for s in samples]).astype(np.uint8))
-    foreground = torch.as_tensor(np.stack([s[4] for s in samples]).astype(np.uint8))
+    samples = [s for scene in iter_scenes(data_path, split="train") for s in scene_to_samples(scene)]
+    data = {k: torch.as_tensor(v) for k, v in collate_samples(samples).items()}
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     model = SASModel(cfg)
@@ -68,17 +64,19 @@ def bare_loop(
         if step == warmup:
             wait, start = 0.0, time.perf_counter()
         t0 = time.perf_counter()
-        index = torch.randint(len(images), (batch,))
-        image, cmask, lmask, fg = images[index], cumulative[index], layer[index], foreground[index]
+        index = torch.randint(len(data["image"]), (batch,))
+        inputs = {k: v[index] for k, v in data.items()}
         wait += time.perf_counter() - t0
-        image, cmask, lmask, fg = random_hflip(
-            image, cmask, lmask, fg, p=loop_cfg["hflip_p"], generator=generator
+        names = ("image", "cumulative_mask", "layer_mask", "foreground", "occlusion")
+        flipped = random_hflip(*(inputs[k] for k in names), p=loop_cfg["hflip_p"], generator=generator)
+        inputs.update(zip(names, flipped, strict=True))
+        inputs["cumulative_mask"] = perturb_cumulative_mask(
+            inputs["cumulative_mask"], loop_cfg["cmask_noise_p"], generator
         )
-        cmask = perturb_cumulative_mask(cmask, loop_cfg["cmask_noise_p"], generator)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, loop_cfg["lr"], loop_cfg["warmup_steps"], warmup + steps)
         with autocast(cpu, amp_dtype):
-            loss, _ = model(image, cmask, lmask, fg)
+            loss, _ = model(**inputs)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), loop_cfg["grad_clip"])

@@ -14,7 +14,8 @@ import numpy as np
 
 from pipelines.common import UserError
 
-SAMPLE_COLUMNS = ["image", "cumulative_mask", "layer_mask", "foreground"]
+SAMPLE_COLUMNS = ["image", "cumulative_mask", "layer_mask", "foreground", "occlusion", "layer_index"]
+SAMPLE_DTYPES = {"occlusion": "int8", "layer_index": "int64"}  # the rest are uint8
 
 
 def check_dataset(path: str) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def read_scenes(path: str, split: str) -> Any:
 
 def build_train_dataset(path: str, shuffle: str = "buffer", cache: bool = False) -> Any:
     """Ray Dataset of training samples: ``image`` uint8[H,W,3]; ``cumulative_mask``, ``layer_mask`` and
-    ``foreground`` uint8[H,W].
+    ``foreground`` uint8[H,W]; ``occlusion`` int8[3,H,W] (occlusion maps); ``layer_index`` int64.
 
     ``shuffle="buffer"`` randomises block order per epoch and leaves in-block mixing to the workers'
     local shuffle buffer (streaming, cheap); ``"global"`` adds a full ``random_shuffle`` per epoch.
@@ -75,12 +76,12 @@ def build_train_dataset(path: str, shuffle: str = "buffer", cache: bool = False)
 
 
 def decoded_train_bytes(manifest: dict[str, Any], image_size: int) -> int:
-    """Estimated size of the decoded training samples (image + C_k + M_k + foreground bytes per sample)."""
+    """Estimated size of the decoded training samples (image + C_k + M_k + foreground + occlusion maps)."""
     histogram = manifest.get("num_layers_histogram") or {}
     scenes = sum(int(v) for v in histogram.values()) or 1
     mean_samples = sum((int(k) + 1) * int(v) for k, v in histogram.items()) / scenes if histogram else 5.0
     train_scenes = _split_count(manifest.get("counts"), "train") or int(manifest.get("num_scenes") or 0)
-    return int(train_scenes * mean_samples * image_size * image_size * 6)
+    return int(train_scenes * mean_samples * image_size * image_size * 9)
 
 
 def should_cache(mode: str, manifest: dict[str, Any], image_size: int, object_store_bytes: float) -> bool:

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.augment import perturb_cumulative_mask, random_hflip
-from pipelines.data import SAMPLE_COLUMNS
+from pipelines.data import SAMPLE_COLUMNS, SAMPLE_DTYPES
 from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
 from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
 from sas_model.precision import autocast, autocast_dtype
@@ -87,7 +87,7 @@ def _batches(shard: Any, state: TrainerState, per_worker_batch: int, loop_cfg: d
         for batch in shard.iter_torch_batches(
             batch_size=per_worker_batch,
             drop_last=True,
-            dtypes={name: torch.uint8 for name in SAMPLE_COLUMNS},
+            dtypes={name: getattr(torch, SAMPLE_DTYPES.get(name, "uint8")) for name in SAMPLE_COLUMNS},
             device=device,
             prefetch_batches=loop_cfg.get("prefetch_batches", 2),
             local_shuffle_buffer_size=loop_cfg.get("shuffle_buffer") or None,
@@ -190,11 +190,12 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             state.epoch, state.batches_in_epoch = epoch, 0
         state.batches_in_epoch += 1
 
-        image, cumulative_mask, layer_mask, foreground = random_hflip(
+        image, cumulative_mask, layer_mask, foreground, occlusion = random_hflip(
             batch["image"],
             batch["cumulative_mask"],
             batch["layer_mask"],
             batch["foreground"],
+            batch["occlusion"],
             p=loop_cfg["hflip_p"],
             generator=aug_generator,
         )
@@ -205,7 +206,9 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
             group["lr"] = lr
 
         with autocast(device, amp_dtype):
-            loss, _ = ddp_model(image, cumulative_mask, layer_mask, foreground)
+            loss, _ = ddp_model(
+                image, cumulative_mask, layer_mask, foreground, occlusion, batch["layer_index"]
+            )
         if (
             loop_cfg.get("inject_nan_from_step") is not None
             and state.step >= loop_cfg["inject_nan_from_step"]

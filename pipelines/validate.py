@@ -25,6 +25,7 @@ import torch
 
 from pipelines.tracking import say
 from sas_model.metrics import mask_iou
+from synth.reader import collate_samples
 
 LAYER_COLOURS = np.array(
     [
@@ -87,7 +88,7 @@ class Validator:
             say("[train] warning: the dataset has no 'val' split; validation is skipped")
         self.scenes = scenes
         self.free_scenes = scenes[: int(loop_cfg.get("val_free_scenes", 4))]
-        samples = [s for scene in scenes for s in scene_to_samples(scene, with_foreground=True)]
+        samples = [s for scene in scenes for s in scene_to_samples(scene)]
         limit = int(loop_cfg.get("val_samples", 128))
         self.samples = samples[:limit]
         self.terminal = [k == scene.num_layers for scene in scenes for k in range(scene.num_layers + 1)][
@@ -98,14 +99,9 @@ class Validator:
 
     def _batches(self):
         for start in range(0, len(self.samples), self.batch_size):
-            chunk = self.samples[start : start + self.batch_size]
-            images = np.stack([s[0] for s in chunk])
-            cumulative = np.stack([s[1] for s in chunk]).astype(np.uint8)
-            layer = np.stack([s[2] for s in chunk]).astype(np.uint8)
-            layer_index = np.array([s[3] for s in chunk])
-            foreground = np.stack([s[4] for s in chunk]).astype(np.uint8)
+            batch = collate_samples(self.samples[start : start + self.batch_size])
             terminal = np.array(self.terminal[start : start + self.batch_size])
-            yield images, cumulative, layer, foreground, layer_index, terminal
+            yield batch, terminal
 
     @torch.no_grad()
     def run(self, model: torch.nn.Module, ema: Any, step: int, logger: Any) -> dict[str, float]:
@@ -118,27 +114,24 @@ class Validator:
         losses = []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(12345)
-            for images, cumulative, layer, foreground, _, _ in self._batches():
-                to = {"device": self.device}
+            for batch, _ in self._batches():
                 loss, _ = self.eval_model(
-                    torch.as_tensor(images, **to),
-                    torch.as_tensor(cumulative, **to),
-                    torch.as_tensor(layer, **to),
-                    torch.as_tensor(foreground, **to),
+                    **{k: torch.as_tensor(v, device=self.device) for k, v in batch.items()}
                 )
                 losses.append(float(loss))
         metrics["val/loss"] = float(np.mean(losses))
 
         segmenter = SequentialSegmenter(self.eval_model, device=self.device)
         per_layer: dict[str, list[float]] = {}
-        for images, cumulative, layer, _, layer_index, terminal in self._batches():
+        for batch, terminal in self._batches():
             prediction = segmenter.predict_layer(
-                images, cumulative.astype(bool), seed=0, **self.sampler_overrides
+                batch["image"], batch["cumulative_mask"].astype(bool), seed=0, **self.sampler_overrides
             )
             pred_masks = _prediction_masks(prediction)
-            for i, k in enumerate(layer_index):
+            for i, k in enumerate(batch["layer_index"]):
                 key = "terminal" if terminal[i] else f"layer{int(k)}"
-                per_layer.setdefault(key, []).append(mask_iou(pred_masks[i], layer[i].astype(bool)))
+                truth = batch["layer_mask"][i].astype(bool)
+                per_layer.setdefault(key, []).append(mask_iou(pred_masks[i], truth))
         for k, values in sorted(per_layer.items()):
             metrics[f"val/iou_tf/{k}"] = float(np.mean(values))
         metrics["val/miou_tf"] = float(np.mean([v for values in per_layer.values() for v in values]))

@@ -50,6 +50,26 @@ class UNetConfig:
 
 
 @dataclass
+class CueConfig:
+    """The occlusion-cue module (``sas_model/occlusion.py``): border ownership, then per-object pooling.
+
+    Off by default (checkpoints written before it existed load unchanged); on in the CPU presets.
+    """
+
+    enabled: bool = False
+    width: int = 32  # channels of the full-resolution CNN
+    depth: int = 4  # residual 3x3 conv blocks
+    dilations: tuple[int, ...] = (1, 2, 4, 1)  # cycled over the blocks
+    similarity_radius: int = 2  # self-similarity window (2r+1)^2 at each dilation
+    similarity_dilations: tuple[int, ...] = (1, 2, 4)
+    learned_similarity: int = 0  # learned appearance channels compared in a second stack (0: RGB only)
+    embed_dim: int = 16  # instance embedding (half resolution) used as attention keys/queries
+    attention_scale: float = 10.0  # initial inverse temperature of the pooling attention
+    pool: bool = True  # False: local ownership/boundary only (no region map)
+    weight: float = 1.0  # weight of the cue losses in the training loss
+
+
+@dataclass
 class DiffusionConfig:
     """Noise process and training objective."""
 
@@ -137,6 +157,7 @@ class ModelConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    cues: CueConfig = field(default_factory=CueConfig)
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod

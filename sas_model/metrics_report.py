@@ -17,6 +17,11 @@ Summary keys (means over images unless said otherwise):
 
 - ``miou_free``: image mIoU of the free-running segmentation (missed and extra layers count 0);
   ``iou_free/layer{k}``: per true layer index, over the images that have layer k;
+- ``trivial/layer{k}``: the trivial answer "everything not yet in ``C_k``" (layer 0: "every object is
+  in front"), and ``margin_free/layer{k}`` / ``margin_tf/layer{k}``: the model's IoU minus it;
+- ``pair_order``: over true occlusion edges, the front object's predicted layer (the free-running
+  layer covering most of its visible pixels) is smaller than the back one's; no instance matching,
+  so it measures order even when masks are rough (``pair_order_pairs``: how many edges);
 - ``miou_tf``, ``iou_tf/layer{k}``: the same with each layer predicted teacher-forced (given the true
   ``C_k``), mean over true layers only; ``stop_acc``: given the true ``C_L`` the model predicts an
   empty layer; ``continue_acc``: given ``C_k``, k < L, it predicts a non-empty one;
@@ -95,6 +100,7 @@ def score_image(
         "unet_passes": int(unet_passes),
         "free_ious": lm.indexed_ious(pred_layers, true_layers),
         "miou_free": lm.image_miou(pred_layers, true_layers),
+        "trivial_ious": lm.trivial_layer_ious(true_layers),
     }
     if uncertainty is not None and len(pred_layers):
         count, errors = lm.layer_uncertainty_bins(pred_layers, true_layers, np.asarray(uncertainty))
@@ -107,6 +113,9 @@ def score_image(
         record["tf_nonempty"] = [not lm.is_empty(p, min_foreground) for p in tf_layers]
     if tf_terminal is not None:
         record["tf_stop"] = lm.stop_correct(tf_terminal, min_foreground)
+    if objects_truth is not None:
+        correct, pairs = lm.pair_order(pred_layers, objects_truth.visible, objects_truth.edges)
+        record["pair_correct"], record["pair_total"] = correct, pairs
     if objects_truth is not None and pred_objects is not None:
         record["instances"] = _score_instances(objects_truth, pred_objects, true_layers.shape[1:])
     return record
@@ -155,6 +164,15 @@ class MetricsAccumulator:
         out["miou_free"] = _mean(r["miou_free"] for r in recs)
         for k, value in _by_index(r["free_ious"][: r["num_true_layers"]] for r in recs).items():
             out[f"iou_free/layer{k}"] = value
+        trivial = [r["trivial_ious"] for r in recs if "trivial_ious" in r]
+        for k, value in _by_index(trivial).items():
+            out[f"trivial/layer{k}"] = value
+            if f"iou_free/layer{k}" in out:
+                out[f"margin_free/layer{k}"] = out[f"iou_free/layer{k}"] - value
+        pair_total = sum(r.get("pair_total", 0) for r in recs)
+        if pair_total:
+            out["pair_order"] = sum(r.get("pair_correct", 0) for r in recs) / pair_total
+            out["pair_order_pairs"] = float(pair_total)
         out["layer_count_acc"] = _mean(r["num_pred_layers"] == r["num_true_layers"] for r in recs)
         out["extra_layer_rate"] = _mean(r["num_pred_layers"] > r["num_true_layers"] for r in recs)
         out["missed_layer_rate"] = _mean(r["num_pred_layers"] < r["num_true_layers"] for r in recs)
@@ -166,6 +184,8 @@ class MetricsAccumulator:
             out["miou_tf"] = _mean(r["miou_tf"] for r in tf)
             for k, value in _by_index(r["tf_ious"] for r in tf).items():
                 out[f"iou_tf/layer{k}"] = value
+                if f"trivial/layer{k}" in out:
+                    out[f"margin_tf/layer{k}"] = value - out[f"trivial/layer{k}"]
             flags = [flag for r in tf for flag in r["tf_nonempty"]]
             if flags:
                 out["continue_acc"] = _mean(flags)
@@ -264,7 +284,14 @@ def summary_markdown(summaries: dict[str, dict[str, float]], title: str | None =
     return "\n".join(lines) + "\n"
 
 
-COUNT_KEYS = ("images", "images_with_instances", "instances_true", "instances_pred", "order_pairs")
+COUNT_KEYS = (
+    "images",
+    "images_with_instances",
+    "instances_true",
+    "instances_pred",
+    "order_pairs",
+    "pair_order_pairs",
+)
 
 
 def _fmt(name: str, value: float | None) -> str:

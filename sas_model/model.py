@@ -11,6 +11,7 @@ from torch import nn
 
 from sas_model.config import ModelConfig
 from sas_model.diffusion import diffusion_loss, foreground_loss, sample_timesteps, x0_from_output
+from sas_model.occlusion import CUE_CHANNELS, OcclusionCues, cue_loss, cue_targets
 from sas_model.schedules import NoiseSchedule
 from sas_model.unet import UNet
 
@@ -37,9 +38,13 @@ def mask_to_unit(mask: torch.Tensor) -> torch.Tensor:
 class SASModel(nn.Module):
     """Denoises the layer mask ``M_k`` given the image and the cumulative mask ``C_k``.
 
-    UNet input channels: RGB (3) + ``C_k`` (1) + ``x_t`` (1) [+ previous x0 estimate (1) when
-    ``unet.self_condition``]; output: 1 channel interpreted per ``diffusion.prediction_type`` [+ the
-    auxiliary foreground logits (1) when ``diffusion.foreground_weight > 0``, used by the loss only].
+    UNet input channels: RGB (3) + ``C_k`` (1) [+ the occlusion cues (3) when ``cues.enabled``] +
+    ``x_t`` (1) [+ previous x0 estimate (1) when ``unet.self_condition``]; output: 1 channel interpreted
+    per ``diffusion.prediction_type`` [+ the auxiliary foreground logits (1) when
+    ``diffusion.foreground_weight > 0``, used by the loss only].
+
+    The occlusion cues (``sas_model/occlusion.py``) depend on the image and ``C_k`` only, so they are
+    computed once per layer in :meth:`condition`, not once per denoising step.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -49,10 +54,11 @@ class SASModel(nn.Module):
         self.schedule = NoiseSchedule(cfg.diffusion)
         self.self_condition = cfg.unet.self_condition
         self.foreground_head = cfg.diffusion.foreground_weight > 0
+        self.cues = OcclusionCues(cfg.cues) if cfg.cues.enabled else None
         self.unet = UNet(
             cfg.unet,
             cfg.image_size,
-            in_channels=5 + int(self.self_condition),
+            in_channels=5 + int(self.self_condition) + (CUE_CHANNELS if self.cues is not None else 0),
             out_channels=1 + int(self.foreground_head),
         )
 
@@ -68,7 +74,15 @@ class SASModel(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def condition(self, image: torch.Tensor, cumulative_mask: torch.Tensor) -> torch.Tensor:
-        """Clean conditioning channels ``[B,4,H,W]``: RGB in [-1,1] and ``C_k`` in {-1,1} (0 if ablated)."""
+        """Clean conditioning channels ``[B,4(+3),H,W]``: RGB in [-1,1], ``C_k`` in {-1,1} (0 if ablated)
+        and, with ``cues.enabled``, the occlusion cues in [-1,1]."""
+        base = self.base_condition(image, cumulative_mask)
+        if self.cues is None:
+            return base
+        return torch.cat([base, self.cues(base).channels().to(base.dtype)], dim=1)
+
+    def base_condition(self, image: torch.Tensor, cumulative_mask: torch.Tensor) -> torch.Tensor:
+        """RGB in [-1,1] and ``C_k`` in {-1,1} (0 if ablated): ``[B,4,H,W]``."""
         device = self.schedule.betas.device
         rgb = normalise_image(image.to(device))
         cmask = mask_to_unit(cumulative_mask.to(device))
@@ -111,13 +125,16 @@ class SASModel(nn.Module):
         cumulative_mask: torch.Tensor,
         layer_mask: torch.Tensor,
         foreground: torch.Tensor | None = None,
+        occlusion: torch.Tensor | None = None,
+        layer_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss for a batch of layer samples.
 
         ``image`` uint8 ``[B,H,W,3]`` or ``[B,3,H,W]``; ``cumulative_mask``, ``layer_mask`` and
         ``foreground`` (every object of the scene, ``C_L``; needed when the foreground head is on)
-        ``[B,H,W]`` (bool or 0/1). Returns ``(loss scalar, {"loss", "mse", "bce", "dice",
-        "foreground"} floats)``.
+        ``[B,H,W]`` (bool or 0/1); ``occlusion`` int8 ``[B,3,H,W]`` (the scenes' occlusion maps) and
+        ``layer_index`` long ``[B]`` (k), needed when ``cues.enabled``. Returns ``(loss scalar,
+        {"loss", "mse", "bce", "dice", "foreground"[, "cues", "cue/<term>"]} floats)``.
         """
         cfg = self.cfg.diffusion
         if self.foreground_head and foreground is None:
@@ -125,7 +142,17 @@ class SASModel(nn.Module):
                 "this config trains a foreground head (diffusion.foreground_weight > 0): pass foreground= "
                 "(the scene's union of all object masks), or set diffusion.foreground_weight=0"
             )
-        cond = self.condition(image, cumulative_mask)
+        if self.cues is not None and (occlusion is None or layer_index is None):
+            raise ValueError(
+                "this config trains the occlusion-cue module (cues.enabled): pass occlusion= (the scenes' "
+                "occlusion maps) and layer_index=, or set cues.enabled=false"
+            )
+        cond = self.base_condition(image, cumulative_mask)
+        cue_terms: dict[str, torch.Tensor] = {}
+        if self.cues is not None:
+            cues = self.cues(cond)
+            cue_terms = cue_loss(cues, cue_targets(occlusion.to(cond.device), layer_index.to(cond.device)))
+            cond = torch.cat([cond, cues.channels().to(cond.dtype)], dim=1)
         x0 = mask_to_unit(layer_mask.to(cond.device)) * cfg.mask_scale
         t = sample_timesteps(cfg, x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
@@ -139,6 +166,13 @@ class SASModel(nn.Module):
         if self.foreground_head:
             fg = foreground_loss(output[:, 1:2], foreground.to(cond.device).float().unsqueeze(1))
             terms = terms._replace(total=terms.total + cfg.foreground_weight * fg, foreground=fg)
+        total = terms.total
         logs = {name: float(value.detach()) for name, value in terms._asdict().items()}
-        logs["loss"] = logs.pop("total")
-        return terms.total, logs
+        if cue_terms:
+            cue_total = sum(cue_terms.values())
+            total = total + self.cfg.cues.weight * cue_total
+            logs["cues"] = float(cue_total.detach())
+            logs.update({f"cue/{name}": float(value.detach()) for name, value in cue_terms.items()})
+        logs.pop("total")
+        logs["loss"] = float(total.detach())
+        return total, logs

@@ -81,7 +81,8 @@ class LayerPrediction:
     ``layer_mask bool[N,H,W]`` (consensus; empty when every member was near-empty), ``probability
     float32[N,H,W]`` (fraction of members voting foreground), ``uncertainty float32[N,H,W]``,
     ``samples bool[N,E,H,W]`` (thresholded members), ``kept bool[N,E]`` (not dropped as near-empty),
-    ``unet_passes`` per image.
+    ``unet_passes`` per image, ``soft float32[N,H,W]`` (the members' mean foreground probability
+    before thresholding: a graded score, e.g. for ranking objects front to back).
     """
 
     layer_mask: np.ndarray
@@ -90,3 +91,4 @@ class LayerPrediction:
     samples: np.ndarray
     kept: np.ndarray
     unet_passes: int
+    soft: np.ndarray | None = None

@@ -227,6 +227,7 @@ class SequentialSegmenter:
             samples=stack["samples"],
             kept=stack["kept"],
             unet_passes=passes,
+            soft=prob.mean(axis=1).astype(np.float32),
         )
 
     def segment(

@@ -14,6 +14,7 @@ completes to the same content. ``manifest.json`` is written last.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -27,8 +28,8 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
     elif str(_REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(_REPO_ROOT))
 
+from synth.families import DEFAULT_FAMILY, FAMILIES  # noqa: E402
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem  # noqa: E402
-from synth.render import RenderConfig  # noqa: E402
 from synth.shards import (  # noqa: E402
     TMP_DIR,
     JobConfig,
@@ -39,6 +40,7 @@ from synth.shards import (  # noqa: E402
     merge_stats,
     publish_manifest,
     read_shard_stats,
+    same_config,
     shard_name,
 )
 
@@ -79,8 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--size", type=int, default=64, help="image side in pixels: a multiple of 16 from 32 to 512"
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-objects", type=int, default=2)
-    p.add_argument("--max-objects", type=int, default=8)
+    p.add_argument(
+        "--family",
+        default=DEFAULT_FAMILY,
+        help=f"scene family ({', '.join(FAMILIES)}; see synth/families.py); default {DEFAULT_FAMILY}",
+    )
+    p.add_argument("--min-objects", type=int, default=None, help="override the family's object count")
+    p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--min-visible", type=float, default=0.10, help="min visible fraction of each object")
     p.add_argument(
         "--shard-size",
@@ -94,12 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def job_from_args(args: argparse.Namespace) -> JobConfig:
-    render = RenderConfig(
-        size=args.size,
-        min_objects=args.min_objects,
-        max_objects=args.max_objects,
-        min_visible=args.min_visible,
-    )
+    if args.family not in FAMILIES:
+        raise UserError(f"unknown --family {args.family!r}; choose one of {', '.join(FAMILIES)}")
+    base = FAMILIES[args.family]
+    counts = {
+        "min_objects": base.min_objects if args.min_objects is None else args.min_objects,
+        "max_objects": base.max_objects if args.max_objects is None else args.max_objects,
+    }
+    render = dataclasses.replace(base, size=args.size, min_visible=args.min_visible, **counts)
     try:
         render.validate()
     except ValueError as exc:
@@ -138,7 +147,7 @@ def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bo
                 previous = json.loads(stream.read().decode()).get("config")
             except ValueError:
                 previous = None
-        if previous != job.to_dict():
+        if not same_config(previous if isinstance(previous, dict) else None, job.to_dict()):
             raise UserError(
                 f"{out} holds a dataset generated with another config: "
                 "rerun with the same arguments to resume, or pass --overwrite"

@@ -1,6 +1,7 @@
 """Contact sheet of a dataset: per scene, the image, visible masks, amodal masks by layer, C_k.
 
     python synth/preview.py PATH --n 16 --out sheet.png [--split val] [--s3-endpoint URL]
+    python synth/preview.py --family flat --n 8 --out flat.png     # a family, rendered on the spot
 
 One row per scene: the RGB image; visible masks coloured per object; amodal masks coloured by
 layer (front layer drawn last, so it is on top); then the cumulative masks C_0 .. C_L.
@@ -118,7 +119,11 @@ def save_contact_sheet(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="synth/preview.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("path", help="dataset folder or s3://bucket/prefix")
+    parser.add_argument("path", nargs="?", help="dataset folder or s3://bucket/prefix")
+    parser.add_argument(
+        "--family", default=None, help="render this scene family instead of reading a dataset"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="with --family: the render seed")
     parser.add_argument("--n", type=int, default=16, help="number of scenes (rows)")
     parser.add_argument("--out", default="sheet.png")
     parser.add_argument("--split", default=None, choices=["train", "val", "test"])
@@ -130,12 +135,45 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
-        out = save_contact_sheet(args.path, args.out, args.n, args.split, args.s3_endpoint, args.scale)
+        if (args.path is None) == (args.family is None):
+            raise ValueError("give a dataset PATH or --family NAME (one of them)")
+        if args.family is not None:
+            out, about = _family_sheet(args.family, args.n, args.out, args.seed, args.scale)
+        else:
+            out = save_contact_sheet(args.path, args.out, args.n, args.split, args.s3_endpoint, args.scale)
+            about = _dataset_summary(args.path, args.s3_endpoint)
     except (DatasetError, ValueError, OSError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    print(f"[preview] wrote {out}")
+    print(f"[preview] wrote {out}{about}")
     return 0
+
+
+def _family_sheet(family: str, n: int, out: str, seed: int, scale: int) -> tuple[str, str]:
+    """Render ``n`` scenes of ``family`` into ``out``; also the layer histogram of 512 scenes."""
+    from collections import Counter
+
+    from PIL import Image
+
+    from synth.families import family_config
+    from synth.render import render_scenes
+
+    cfg = family_config(family)
+    Image.fromarray(contact_sheet(render_scenes(seed, 0, n, cfg), scale=scale)).save(out)
+    counts = Counter(s.num_layers for s in render_scenes(seed, 0, 512, cfg))
+    histogram = ", ".join(f"{k}: {counts[k] / 512:.0%}" for k in sorted(counts))
+    return out, f" (family {family}; layers per scene over 512 scenes: {histogram})"
+
+
+def _dataset_summary(path: str, endpoint_url: str | None) -> str:
+    from synth.reader import DatasetError, load_manifest
+
+    try:
+        manifest = load_manifest(path, endpoint_url)
+    except DatasetError:
+        return ""
+    family = (manifest.get("config") or {}).get("family", "textured")
+    return f" (family {family}; layers per scene: {manifest.get('num_layers_histogram', {})})"
 
 
 if __name__ == "__main__":

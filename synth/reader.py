@@ -11,19 +11,42 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from synth.schema import COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, decode_scene, unpack_masks
+from synth.layering import occlusion_maps
+from synth.schema import COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, decode_scene
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.parquet$")
-# (image, C_k, M_k, k), optionally + the scene's foreground C_L: see scene_to_samples
-Sample = (
-    tuple[np.ndarray, np.ndarray, np.ndarray, int]
-    | tuple[np.ndarray, np.ndarray, np.ndarray, int, np.ndarray]
-)
+
+
+class Sample(NamedTuple):
+    """One training sample: layer step ``k`` of a scene (``k = L``: the terminal sample, empty ``M_L``).
+
+    ``image`` uint8[H,W,3]; ``cumulative_mask`` (``C_k``), ``layer_mask`` (``M_k``) and ``foreground``
+    (``C_L``, every object) bool[H,W]; ``occlusion`` int8[3,H,W], the scene's
+    :func:`synth.layering.occlusion_maps` (``visible_id`` is -1 everywhere when the scene has no
+    per-object masks).
+    """
+
+    image: np.ndarray
+    cumulative_mask: np.ndarray
+    layer_mask: np.ndarray
+    layer_index: int
+    foreground: np.ndarray
+    occlusion: np.ndarray
+
+
+def scene_occlusion(scene: Scene) -> np.ndarray:
+    """int8[3,H,W] occlusion maps of a scene (visible ids, visible layers, occluded-side borders)."""
+    if not scene.has_instances or scene.num_objects == 0:
+        unknown = np.full((3, scene.height, scene.width), -1, dtype=np.int8)
+        if scene.has_instances:  # no objects: everything is background, nothing occluded
+            unknown[0] = 0
+        return unknown
+    return occlusion_maps(scene.amodal_masks, scene.visible_masks, scene.object_layer).stacked()
 
 
 class DatasetError(Exception):
@@ -168,20 +191,23 @@ def iter_scenes(
                     yield decode_scene(row)
 
 
-def scene_to_samples(scene: Scene, with_foreground: bool = False) -> list[Sample]:
-    """``[(image, C_k, M_k, k) for k = 0..L]``; the last (k = L) is the terminal sample (empty M_L).
-
-    ``with_foreground`` appends the scene's foreground ``C_L`` (every object) to each sample, as the
-    ``foreground`` column of ``expand_batch_to_samples`` does.
-    """
+def scene_to_samples(scene: Scene) -> list[Sample]:
+    """``[Sample(k) for k = 0..L]``; the last (k = L) is the terminal sample (empty ``M_L``)."""
     layers = scene.num_layers
     empty = np.zeros((scene.height, scene.width), dtype=bool)
-    extra = (scene.cumulative_masks[-1],) if with_foreground else ()
-    samples: list[Sample] = []
-    for k in range(layers + 1):
-        layer_mask = scene.layer_masks[k] if k < layers else empty
-        samples.append((scene.image, scene.cumulative_masks[k], layer_mask, k, *extra))
-    return samples
+    occlusion = scene_occlusion(scene)
+    foreground = scene.cumulative_masks[-1]
+    return [
+        Sample(
+            scene.image,
+            scene.cumulative_masks[k],
+            scene.layer_masks[k] if k < layers else empty,
+            k,
+            foreground,
+            occlusion,
+        )
+        for k in range(layers + 1)
+    ]
 
 
 def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -189,44 +215,47 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
 
     Output: ``image`` uint8[B, H, W, 3], ``cumulative_mask``/``layer_mask`` uint8[B, H, W] (0/1),
     ``foreground`` uint8[B, H, W] (every object of the scene: ``C_L``, the same for all its samples;
-    the target of the model's auxiliary foreground head), ``layer_index`` int64[B], ``is_terminal``
+    the target of the model's auxiliary foreground head), ``occlusion`` int8[B, 3, H, W] (the scene's
+    occlusion maps, targets of the occlusion-cue module), ``layer_index`` int64[B], ``is_terminal``
     bool[B], ``scene_id`` int64[B].
     """
-    from synth.schema import decode_png
+    from synth.schema import decode_scene
 
-    images, cumulative, layer, foreground, index, terminal, ids = [], [], [], [], [], [], []
+    samples: list[Sample] = []
+    terminal: list[bool] = []
+    ids: list[int] = []
     for i in range(len(batch["scene_id"])):
-        height, width = int(batch["height"][i]), int(batch["width"][i])
-        layers = int(batch["num_layers"][i])
-        image = decode_png(bytes(batch["image_png"][i]))
-        c_k = unpack_masks(bytes(batch["cumulative_masks"][i]), layers + 1, height, width)
-        m_k = unpack_masks(bytes(batch["layer_masks"][i]), layers, height, width)
-        m_k = np.concatenate([m_k, np.zeros((1, height, width), dtype=bool)])
-        images.append(np.broadcast_to(image, (layers + 1, height, width, 3)))
-        cumulative.append(c_k)
-        layer.append(m_k)
-        foreground.append(np.broadcast_to(c_k[-1], (layers + 1, height, width)))
-        index.append(np.arange(layers + 1, dtype=np.int64))
-        terminal.append(np.arange(layers + 1) == layers)
-        ids.append(np.full(layers + 1, int(batch["scene_id"][i]), dtype=np.int64))
-    if not images:
-        return {
-            "image": np.zeros((0, 1, 1, 3), np.uint8),
-            "cumulative_mask": np.zeros((0, 1, 1), np.uint8),
-            "layer_mask": np.zeros((0, 1, 1), np.uint8),
-            "foreground": np.zeros((0, 1, 1), np.uint8),
-            "layer_index": np.zeros(0, np.int64),
-            "is_terminal": np.zeros(0, bool),
-            "scene_id": np.zeros(0, np.int64),
-        }
+        scene = decode_scene({name: values[i] for name, values in batch.items()})
+        expanded = scene_to_samples(scene)
+        samples += expanded
+        terminal += [k == len(expanded) - 1 for k in range(len(expanded))]
+        ids += [scene.scene_id] * len(expanded)
     return {
-        "image": np.concatenate(images).astype(np.uint8),
-        "cumulative_mask": np.concatenate(cumulative).astype(np.uint8),
-        "layer_mask": np.concatenate(layer).astype(np.uint8),
-        "foreground": np.concatenate(foreground).astype(np.uint8),
-        "layer_index": np.concatenate(index),
-        "is_terminal": np.concatenate(terminal),
-        "scene_id": np.concatenate(ids),
+        **collate_samples(samples),
+        "is_terminal": np.array(terminal, dtype=bool),
+        "scene_id": np.array(ids, dtype=np.int64),
+    }
+
+
+SAMPLE_DTYPES = {
+    "image": np.uint8,
+    "cumulative_mask": np.uint8,
+    "layer_mask": np.uint8,
+    "foreground": np.uint8,
+    "occlusion": np.int8,
+    "layer_index": np.int64,
+}
+
+
+def collate_samples(samples: list[Sample]) -> dict[str, np.ndarray]:
+    """Stack samples into one array per :class:`Sample` field (masks as uint8 0/1, ``occlusion`` int8):
+    the columns the training data carries, and the keyword arguments of ``SASModel.forward``."""
+    if not samples:
+        shapes = {"image": (0, 1, 1, 3), "occlusion": (0, 3, 1, 1), "layer_index": (0,)}
+        return {name: np.zeros(shapes.get(name, (0, 1, 1)), dtype) for name, dtype in SAMPLE_DTYPES.items()}
+    return {
+        name: np.asarray([getattr(s, name) for s in samples]).astype(dtype, copy=False)
+        for name, dtype in SAMPLE_DTYPES.items()
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from synth.families import family_of
 from synth.reader import MANIFEST_NAME, _join, open_filesystem
 from synth.render import RenderConfig, render_block
 from synth.schema import (
@@ -69,8 +70,28 @@ class JobConfig:
             "n": self.n,
             "seed": self.seed,
             "shard_size": self.shard_size,
+            "family": family_of(self.render) or "custom",
             **self.render.to_dict(),
         }
+
+
+def normalised_config(config: dict) -> dict:
+    """A generator config (manifest ``config`` / shard footer) with the fields added since it was
+    written filled in, so datasets generated before scene families existed still resume and read
+    as ``textured`` (their renderer output is byte-identical)."""
+    out = dict(config)
+    defaults = RenderConfig().to_dict()
+    for key, value in defaults.items():
+        out.setdefault(key, value)
+    if "family" not in out:
+        render = RenderConfig.from_dict({key: out[key] for key in defaults})
+        out["family"] = family_of(render) or "custom"
+    return out
+
+
+def same_config(a: dict | None, b: dict | None) -> bool:
+    """Whether two generator configs describe the same dataset (older configs normalised first)."""
+    return a is not None and b is not None and normalised_config(a) == normalised_config(b)
 
 
 def shard_name(index: int) -> str:
@@ -246,7 +267,7 @@ def read_shard_stats(filesystem, path: str, job: JobConfig, index: int) -> dict 
     kv = meta.metadata or {}
     if CONFIG_KEY not in kv or STATS_KEY not in kv:
         return None
-    if json.loads(kv[CONFIG_KEY]) != job.to_dict():
+    if not same_config(json.loads(kv[CONFIG_KEY]), job.to_dict()):
         raise ValueError(f"{shard_name(index)} was written with a different generator config")
     stats = json.loads(kv[STATS_KEY])
     start, stop = job.shard_range(index)

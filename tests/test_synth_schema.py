@@ -114,10 +114,11 @@ def test_expand_batch_gives_one_sample_per_layer_plus_terminal(dataset):
     assert samples["is_terminal"].sum() == 5
     assert not samples["layer_mask"][samples["is_terminal"]].any()
     first = decode_scene(table.to_pylist()[0])
-    for k, (_image, cumulative, layer_mask, index) in enumerate(reader.scene_to_samples(first)):
-        np.testing.assert_array_equal(samples["cumulative_mask"][k], cumulative)
-        np.testing.assert_array_equal(samples["layer_mask"][k], layer_mask)
-        assert samples["layer_index"][k] == index
+    for k, sample in enumerate(reader.scene_to_samples(first)):
+        np.testing.assert_array_equal(samples["cumulative_mask"][k], sample.cumulative_mask)
+        np.testing.assert_array_equal(samples["layer_mask"][k], sample.layer_mask)
+        assert samples["layer_index"][k] == sample.layer_index
+        np.testing.assert_array_equal(samples["occlusion"][k], sample.occlusion)
         np.testing.assert_array_equal(samples["foreground"][k], first.cumulative_masks[-1])
     assert samples["foreground"].dtype == np.uint8
 
