@@ -31,17 +31,50 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
 from pipelines import common  # noqa: E402
 
 REPO_ROOT = common.REPO_ROOT
+# The main job's recipe (docs/RESULTS.md, "Round 4"): the family where the model learns order within
+# a 2-core CPU budget, a step budget so a faster CPU learns the same model, and a time cap.
+DEFAULT_FAMILY = "flat"
+DEFAULT_STEPS = 1500
+DEFAULT_MINUTES = 30.0
+SUMMARY_KEYS = (
+    ("iou_free/layer0", "layer-0 IoU (free-running)"),
+    ("trivial/layer0", "  trivial: every object in front"),
+    ("margin_free/layer0", "  margin over trivial"),
+    ("miou_free", "mIoU (free-running)"),
+    ("miou_tf", "mIoU (teacher-forced)"),
+    ("pair_order", "pair order (front object in an earlier layer)"),
+    ("order_acc", "occlusion-order accuracy (matched instances)"),
+    ("layer_count_acc", "layer-count accuracy"),
+    ("stop_acc", "stop accuracy"),
+    ("ap50", "AP50"),
+    ("unc/err_rate_agree", "error where the ensemble agrees"),
+    ("unc/err_rate_disagree", "error where it disagrees"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scenes", type=common.parse_number, default=20_000, help="scenes to generate")
+    p.add_argument(
+        "--family", default=DEFAULT_FAMILY, help=f"scene family to train on (default {DEFAULT_FAMILY})"
+    )
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--preset", default="tiny", help="model preset: tiny|small|paper or a JSON file")
-    p.add_argument("--minutes", type=common.parse_positive_float, default=15.0, help="training budget")
-    p.add_argument("--steps", type=common.parse_number, default=None, help="step cap (default: preset)")
+    p.add_argument(
+        "--minutes",
+        type=common.parse_positive_float,
+        default=DEFAULT_MINUTES,
+        help=f"training time cap (default {DEFAULT_MINUTES:g})",
+    )
+    p.add_argument(
+        "--steps",
+        type=common.parse_number,
+        default=DEFAULT_STEPS,
+        help=f"training steps (default {DEFAULT_STEPS}: what a faster CPU learns does not change; "
+        "--minutes still caps the time)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    p.add_argument("--data", default="data/main", help="dataset folder")
+    p.add_argument("--data", default=None, help="dataset folder (default data/main-<family>)")
     p.add_argument("--out", default="outputs/main", help="folder for sheets, metrics and predictions")
     p.add_argument("--name", default=None, help="training run name (default main-<preset>)")
     p.add_argument("--eval-scenes", type=common.parse_number, default=200, help="test scenes to evaluate")
@@ -86,6 +119,26 @@ def trained_model_uri(train_output: list[str], register_name: str) -> str:
     return f"models:/{register_name}@champion"
 
 
+def metrics_table(summary_path: Path) -> str:
+    """A short table of the evaluation's headline metrics and where its overlay sheet is."""
+    try:
+        summaries = json.loads(summary_path.read_text())["summaries"]
+    except (OSError, ValueError, KeyError):
+        return f"(no evaluation summary at {summary_path})"
+    metrics = next(iter(summaries.values()), {})
+    lines = [
+        f"\n=== metrics on {int(metrics.get('images', 0))} held-out test scenes",
+        "| metric | value |",
+        "|---|---:|",
+    ]
+    for key, label in SUMMARY_KEYS:
+        if key in metrics:
+            lines.append(f"| {label} | {metrics[key]:.3f} |")
+    sheet = summary_path.parent / "overlays.png"
+    lines.append(f"overlay sheet (image | truth | prediction | uncertainty): {sheet}")
+    return "\n".join(lines)
+
+
 def export_test_images(data: str, out_dir: Path, count: int) -> Path:
     """Write the first ``count`` test-split images as PNGs (the input of the prediction stage)."""
     from synth.reader import iter_scenes
@@ -108,22 +161,24 @@ def main(argv: list[str] | None = None) -> int:
     common.apply_env_defaults()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = args.name or f"main-{Path(args.preset).stem}"
+    name = args.name or f"main-{Path(args.preset).stem}-{args.family}"
+    data = args.data or f"data/main-{args.family}"
     mlflow = ["--mlflow-uri", args.mlflow_uri] if args.mlflow_uri else []
     times: dict[str, float] = {}
 
     run_stage(
         "generate",
-        ["synth/generate.py", "--n", str(args.scenes), "--size", str(args.size), "--out", args.data],
+        [
+            "synth/generate.py",
+            *("--n", str(args.scenes), "--size", str(args.size), "--family", args.family, "--out", data),
+        ],
         times,
     )
-    run_stage(
-        "preview", ["synth/preview.py", args.data, "--n", "12", "--out", str(out / "preview.png")], times
-    )
+    run_stage("preview", ["synth/preview.py", data, "--n", "12", "--out", str(out / "preview.png")], times)
     train = [
         "pipelines/train.py",
         "--data",
-        args.data,
+        data,
         "--preset",
         args.preset,
         "--minutes",
@@ -136,11 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         train += ["--set", item]
     model_uri = trained_model_uri(run_stage("train", train, times), "sas")
 
-    evaluate = ["pipelines/evaluate.py", "--model", model_uri, "--data", args.data, "--split", "test"]
+    evaluate = ["pipelines/evaluate.py", "--model", model_uri, "--data", data, "--split", "test"]
     run_stage(
         "evaluate", evaluate + ["--limit", str(args.eval_scenes), "--out", str(out / "eval"), *mlflow], times
     )
-    inputs = export_test_images(args.data, out / "inputs", args.predict_images)
+    inputs = export_test_images(data, out / "inputs", args.predict_images)
     predict = [
         "pipelines/predict.py",
         "--model",
@@ -153,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     run_stage("predict", predict + mlflow, times)
 
     summary = {
-        "dataset": args.data,
+        "dataset": data,
+        "family": args.family,
         "model": model_uri,
         "registered": "models:/sas@champion (when this run's val mIoU was the best so far)",
         "preview": str(out / "preview.png"),
@@ -162,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage_seconds": {k: round(v) for k, v in times.items()},
     }
     print("\n=== main job done\n" + json.dumps(summary, indent=2), flush=True)
+    print(metrics_table(out / "eval" / "summary.json"), flush=True)
     uri = args.mlflow_uri or "sqlite:///mlruns/mlflow.db"
     print(
         f"Browse runs and registered models: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1"

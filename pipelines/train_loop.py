@@ -168,7 +168,7 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
     logger = RankZeroLogger(loop_cfg, enabled=rank == 0)
     validator = None
     if rank == 0 and loop_cfg.get("val_every"):
-        from pipelines.validate import Validator
+        from pipelines.validate import Validator, val_line
 
         validator = Validator(loop_cfg["data_path"], cfg, device, loop_cfg)
 
@@ -290,6 +290,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
         }
         if do_val:
             metrics.update(validator.run(model, ema, step, logger))
+            if rank == 0:
+                say(val_line(step, metrics))
         if rank == 0 and do_ckpt:
             with tempfile.TemporaryDirectory(prefix="sas-ckpt-") as tmp:
                 _save(tmp, model, ema, optimizer, state)

@@ -141,38 +141,60 @@ class Validator:
         return metrics
 
     def _free_running(self, segmenter: Any, step: int, logger: Any) -> dict[str, float]:
+        """The free-running segmenter on ``free_scenes``, scored by ``metrics_report`` (the same
+        definitions as ``evaluate.py``), plus an overlay sheet of the first 8."""
+        from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
+
         images = np.stack([scene.image for scene in self.free_scenes])
         results = segmenter.segment(images, seed=0, **self.sampler_overrides)
-        per_layer: dict[int, list[float]] = {}
-        scene_means, rows = [], []
+        acc, rows = MetricsAccumulator(), []
         for scene, result in zip(self.free_scenes, results, strict=True):
-            truth = np.asarray(scene.layer_masks).astype(bool)
-            predicted = np.asarray(result.layer_masks).astype(bool)
-            depth = max(len(truth), len(predicted))
-            ious = []
-            for k in range(depth):
-                t = truth[k] if k < len(truth) else np.zeros(scene.image.shape[:2], bool)
-                p = predicted[k] if k < len(predicted) else np.zeros(scene.image.shape[:2], bool)
-                ious.append(mask_iou(p, t))
-                per_layer.setdefault(k, []).append(ious[-1])
-            scene_means.append(float(np.mean(ious)) if ious else 1.0)
-            rows.append(
-                [scene.image, tint_layers(scene.image, truth), np.asarray(result.render_overlay(scene.image))]
+            truth = ObjectsTruth(scene.amodal_masks, scene.visible_masks, scene.occlusion_edges)
+            acc.add(
+                score_image(
+                    scene.layer_masks,
+                    result.layer_masks,
+                    objects_truth=truth if scene.has_instances else None,
+                    unet_passes=result.unet_passes,
+                )
             )
-        metrics = {f"val/iou_free/layer{k}": float(np.mean(v)) for k, v in sorted(per_layer.items())}
-        metrics["val/miou_free"] = float(np.mean(scene_means))
-        metrics["val/unet_passes"] = float(np.mean([r.unet_passes for r in results]))  # per image
-        metrics["val/layer_count_acc"] = float(
-            np.mean(
-                [
-                    len(r.layer_masks) == len(s.layer_masks)
-                    for s, r in zip(self.free_scenes, results, strict=True)
-                ]
-            )
-        )
+            if len(rows) < 8:
+                layers = np.asarray(scene.layer_masks).astype(bool)
+                overlay = np.asarray(result.render_overlay(scene.image))
+                rows.append([scene.image, tint_layers(scene.image, layers), overlay])
+        summary = acc.summary()
+        metrics = {
+            f"val/iou_free/layer{k}": summary[f"iou_free/layer{k}"]
+            for k in range(8)
+            if f"iou_free/layer{k}" in summary
+        }
+        for key in ("miou_free", "layer_count_acc", "pair_order", "trivial/layer0", "margin_free/layer0"):
+            if key in summary:
+                metrics[f"val/{key}"] = summary[key]
+        metrics["val/unet_passes"] = summary["unet_passes_mean"]  # per image
         from PIL import Image
 
         path = self.out_dir / f"overlay_step{step:07d}.png"
         Image.fromarray(overlay_sheet(rows, scale=max(1, 192 // rows[0][0].shape[0]))).save(path)
         logger.artifact(path, "overlays")
         return metrics
+
+
+def val_line(step: int, metrics: dict[str, float]) -> str:
+    """One console line for a validation: loss, IoU per layer (teacher-forced / free-running), the
+    margin over the trivial answer, pair order and layer-count accuracy."""
+
+    def num(key: str) -> str:
+        return f"{metrics[key]:.3f}" if key in metrics else "-"
+
+    layers = sorted(
+        {int(k.rsplit("layer", 1)[1]) for k in metrics if "/layer" in k and k.rsplit("layer", 1)[1].isdigit()}
+    )
+    per_layer = " ".join(
+        f"L{k} {num(f'val/iou_tf/layer{k}')}/{num(f'val/iou_free/layer{k}')}" for k in layers[:4]
+    )
+    return (
+        f"[val] step {step}: loss {num('val/loss')} | IoU tf/free {per_layer} | "
+        f"L0 trivial {num('val/trivial/layer0')} margin {num('val/margin_free/layer0')} | "
+        f"pair order {num('val/pair_order')} | layer count {num('val/layer_count_acc')}"
+    )

@@ -58,7 +58,8 @@ class CueConfig:
 
     enabled: bool = False
     width: int = 32  # channels of the full-resolution CNN
-    depth: int = 4  # residual 3x3 conv blocks
+    depth: int = 4  # residual 3x3 conv blocks (half resolution)
+    fine_depth: int = 0  # 3x3 convs at full resolution before the half-resolution blocks
     dilations: tuple[int, ...] = (1, 2, 4, 1)  # cycled over the blocks
     similarity_radius: int = 2  # self-similarity window (2r+1)^2 at each dilation
     similarity_dilations: tuple[int, ...] = (1, 2, 4)
@@ -66,7 +67,9 @@ class CueConfig:
     embed_dim: int = 16  # instance embedding (half resolution) used as attention keys/queries
     attention_scale: float = 10.0  # initial inverse temperature of the pooling attention
     pool: bool = True  # False: local ownership/boundary only (no region map)
+    query_stride: int = 2  # resolution of the pooled region map: 2 (half) or 4 (quarter, cheaper)
     weight: float = 1.0  # weight of the cue losses in the training loss
+    junction_weight: float = 4.0  # extra weight of the ownership loss within 2 px of a T-junction
 
 
 @dataclass
@@ -280,6 +283,16 @@ class ModelConfig:
             raise ValueError(f"diffusion.foreground_weight must be >= 0, got {d.foreground_weight}")
         if d.timestep_bias < 0:
             raise ValueError(f"diffusion.timestep_bias must be >= 0, got {d.timestep_bias}")
+        c = self.cues
+        if c.enabled:
+            if c.query_stride not in (2, 4):
+                raise ValueError(f"cues.query_stride must be 2 or 4, got {c.query_stride}")
+            if min(c.width, c.depth, c.embed_dim, len(c.dilations), len(c.similarity_dilations)) < 1:
+                raise ValueError("cues.width, depth, embed_dim and the dilation lists must be positive")
+            if self.image_size % (2 * c.query_stride):
+                raise ValueError(
+                    f"image_size {self.image_size} must be divisible by {2 * c.query_stride} (cues)"
+                )
         return self
 
 

@@ -151,7 +151,8 @@ class SASModel(nn.Module):
         cue_terms: dict[str, torch.Tensor] = {}
         if self.cues is not None:
             cues = self.cues(cond)
-            cue_terms = cue_loss(cues, cue_targets(occlusion.to(cond.device), layer_index.to(cond.device)))
+            targets = cue_targets(occlusion.to(cond.device), layer_index.to(cond.device))
+            cue_terms = cue_loss(cues, targets, junction_weight=self.cfg.cues.junction_weight)
             cond = torch.cat([cond, cues.channels().to(cond.dtype)], dim=1)
         x0 = mask_to_unit(layer_mask.to(cond.device)) * cfg.mask_scale
         t = sample_timesteps(cfg, x0.shape[0], x0.device)

@@ -61,6 +61,7 @@ class CueTargets(NamedTuple):
     region: torch.Tensor  # float 0/1
     active: torch.Tensor  # float 0/1: visible pixel of an object not in C_k (where the targets matter)
     known: torch.Tensor  # float 0/1 [B,1,1]: the scene has per-object masks (else no cue targets)
+    junction: torch.Tensor  # float 0/1: within 2 px of a point where three regions meet (T-junctions)
 
 
 def cue_targets(maps: torch.Tensor, k: torch.Tensor) -> CueTargets:
@@ -77,6 +78,11 @@ def cue_targets(maps: torch.Tensor, k: torch.Tensor) -> CueTargets:
         neighbour = pad[:, dy : dy + h, dx : dx + w]
         other |= (neighbour > 0) & (neighbour != vid)
     boundary = other & (vid > 0)
+    # Junctions: 3x3 neighbourhoods holding three or more distinct regions (background counts),
+    # grown by 2 px. Border ownership is decided there; elsewhere only the border's shape hints.
+    patches = F.unfold(F.pad(vid[:, None].float(), (1, 1, 1, 1), mode="replicate"), 3).sort(dim=1).values
+    distinct = 1 + (patches[:, 1:] != patches[:, :-1]).sum(1).view_as(vid)
+    junction = F.max_pool2d((distinct >= 3).float()[:, None], 5, stride=1, padding=2)[:, 0]
     return CueTargets(
         visible_id=vid,
         ownership=(occ >= k).float(),
@@ -84,6 +90,7 @@ def cue_targets(maps: torch.Tensor, k: torch.Tensor) -> CueTargets:
         region=(vlayer > k).float(),
         active=active.float() * known,
         known=known,
+        junction=junction,
     )
 
 
@@ -140,7 +147,10 @@ class OcclusionCues(nn.Module):
         k = window * len(self.dilations) * (2 if cfg.learned_similarity else 1)
         # Full resolution: 1x1 mixing of the similarity stack and the input; then space-to-depth
         # keeps every pixel's detail while the blocks run at half resolution (4x cheaper).
-        self.fine = nn.Conv2d(k + in_channels, fine, 1)
+        layers: list[nn.Module] = [nn.Conv2d(k + in_channels, fine, 1)]
+        for _ in range(cfg.fine_depth):  # optional full-resolution 3x3 convs (more context, 4x the cost)
+            layers += [nn.SiLU(), nn.Conv2d(fine, fine, 3, padding=1)]
+        self.fine = nn.Sequential(*layers)
         self.reduce = nn.Conv2d(4 * fine, w, 1)
         self.blocks = nn.ModuleList()
         for i in range(cfg.depth):
@@ -152,8 +162,13 @@ class OcclusionCues(nn.Module):
                     nn.Conv2d(w, w, 3, padding=dilation, dilation=dilation),
                 )
             )
-        self.local_head = nn.Conv2d(w, 2 * 4, 1)  # ownership, boundary at full resolution (depth-to-space)
-        self.local_fine = nn.Conv2d(fine, 2, 1)  # plus a full-resolution term
+        # ownership, boundary, trust at full resolution (depth-to-space) plus a full-resolution term;
+        # "trust" weighs a border pixel's ownership in the pooling (learned from the region loss alone)
+        self.local_head = nn.Conv2d(w, 3 * 4, 1)
+        self.local_fine = nn.Conv2d(fine, 3, 1)
+        nn.init.constant_(self.local_fine.bias, 0.0)
+        with torch.no_grad():
+            self.local_fine.bias[2] = 2.0
         self.embed = nn.Sequential(
             nn.SiLU(), nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.Conv2d(w, cfg.embed_dim, 1)
         )
@@ -162,6 +177,7 @@ class OcclusionCues(nn.Module):
         self.region_gain = nn.Parameter(torch.tensor(6.0))
         self.region_bias = nn.Parameter(torch.tensor(-3.0))
         self.pool = cfg.pool
+        self.query_stride = cfg.query_stride
 
     def forward(self, x: torch.Tensor) -> Cues:
         rgb = x[:, :3]
@@ -175,14 +191,16 @@ class OcclusionCues(nn.Module):
         for block in self.blocks:
             h = h + block(h)
         local = F.pixel_shuffle(self.local_head(F.silu(h)), 2) + self.local_fine(fine)
-        ownership, boundary = local[:, :1], local[:, 1:2]
+        ownership, boundary, trust = local[:, :1], local[:, 1:2], local[:, 2:3]
         emb = F.normalize(self.embed(h).float(), dim=1)
         scale = self.log_scale.exp()
         if not self.pool:
             return Cues(ownership, boundary, torch.zeros_like(ownership), emb, scale)
+        if self.query_stride == 4:  # queries at quarter resolution too (4x cheaper pooling)
+            emb = F.normalize(F.avg_pool2d(emb, 2), dim=1)
         b, e, hh, ww = emb.shape
         p_own = torch.sigmoid(ownership.float())
-        p_bnd = torch.sigmoid(boundary.float())
+        p_bnd = torch.sigmoid(boundary.float()) * torch.sigmoid(trust.float())
         # Keys at quarter resolution (16x16 for a 64x64 image: 4x fewer than the queries).
         weight = F.avg_pool2d(p_bnd, 4)
         value = (F.avg_pool2d(p_bnd * p_own, 4) / weight.clamp(min=1e-4)).flatten(1)
@@ -194,7 +212,7 @@ class OcclusionCues(nn.Module):
         denom = expw.sum(dim=2) + torch.exp(self.null_logit - top[..., 0])  # the "no evidence" slot
         pooled = (torch.einsum("bpq,bq->bp", expw, value) / denom).view(b, 1, hh, ww)
         region_half = self.region_gain * pooled + self.region_bias
-        region = F.interpolate(region_half, scale_factor=2.0, mode="nearest")
+        region = F.interpolate(region_half, scale_factor=float(self.query_stride), mode="nearest")
         return Cues(ownership, boundary, region, emb, scale)
 
 
@@ -212,10 +230,12 @@ def _balanced_bce(logit: torch.Tensor, target: torch.Tensor, known: torch.Tensor
     return (loss * weight).sum()
 
 
-def cue_loss(cues: Cues, targets: CueTargets, pairs: int = 256) -> dict[str, torch.Tensor]:
+def cue_loss(
+    cues: Cues, targets: CueTargets, pairs: int = 256, junction_weight: float = 0.0
+) -> dict[str, torch.Tensor]:
     """Loss terms: ownership (on boundary pixels of objects not in ``C_k``), boundary (every pixel),
     region (visible pixels of objects not in ``C_k``) and embedding (same-object pairs, sampled)."""
-    own_w = targets.boundary * targets.active
+    own_w = targets.boundary * targets.active * (1 + junction_weight * targets.junction)
     terms = {
         "ownership": _masked_bce(cues.ownership[:, 0], targets.ownership, own_w),
         "boundary": _balanced_bce(cues.boundary[:, 0], targets.boundary, targets.known),
@@ -223,7 +243,8 @@ def cue_loss(cues: Cues, targets: CueTargets, pairs: int = 256) -> dict[str, tor
     }
     emb = cues.embedding
     b, e, hh, ww = emb.shape
-    vid = targets.visible_id[:, ::2, ::2].reshape(b, -1)
+    stride = targets.visible_id.shape[-1] // ww
+    vid = targets.visible_id[:, ::stride, ::stride].reshape(b, -1)
     tokens = emb.flatten(2)
     idx = torch.randint(0, hh * ww, (b, pairs), device=emb.device)
     q = torch.gather(tokens, 2, idx[:, None, :].expand(b, e, pairs))  # [B,E,P]

@@ -37,4 +37,14 @@ def test_a_failing_stage_exits_with_its_code_and_one_line(capsys: pytest.Capture
 
 def test_defaults_match_the_readme() -> None:
     args = main_job.parse_args([])
-    assert (args.preset, args.minutes, args.scenes, args.data) == ("tiny", 15.0, 20_000, "data/main")
+    assert (args.preset, args.scenes, args.family) == ("tiny", 20_000, main_job.DEFAULT_FAMILY)
+    assert (args.steps, args.minutes, args.data) == (main_job.DEFAULT_STEPS, main_job.DEFAULT_MINUTES, None)
+
+
+def test_metrics_table_reads_the_evaluation_summary(tmp_path) -> None:
+    summary = {"summaries": {"model": {"images": 200, "iou_free/layer0": 0.7, "trivial/layer0": 0.5}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    table = main_job.metrics_table(tmp_path / "summary.json")
+    assert "200 held-out test scenes" in table and "| layer-0 IoU (free-running) | 0.700 |" in table
+    assert str(tmp_path / "overlays.png") in table
+    assert "no evaluation summary" in main_job.metrics_table(tmp_path / "missing.json")
