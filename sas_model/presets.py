@@ -9,13 +9,16 @@ yet, so fewer passes). An auxiliary foreground head (``diffusion.foreground_weig
 output channel trained to mark every object of the scene) adds dense "where are the objects"
 supervision: with ``pipelines/bench_aux_targets.py`` it raised teacher-forced IoU at 1,500 steps from
 0.39 / 0.41 / 0.38 to 0.43 / 0.44 / 0.40 on layers 0 / 1 / 2 (docs/RESULTS.md). Training autocasts
-to bf16 on CPUs with native bf16 (``train.precision=auto``; 1.46x the samples/s of fp32 here). Every knob is a
-config field, so tuning never needs a code change.
+to bf16 on CPUs with native bf16 (``train.precision=auto``; 1.46x the samples/s of fp32 here). The occlusion-cue module
+(``cues``: border ownership from self-similarity features, pooled over each object by attention;
+``sas_model/occlusion.py``) is on in ``tiny`` and ``small``: it is what lets the model learn which
+objects are in front at all (docs/RESULTS.md, round 4). Every knob is a config field, so tuning never
+needs a code change.
 """
 
 from __future__ import annotations
 
-from sas_model.config import DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, UNetConfig
+from sas_model.config import CueConfig, DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, UNetConfig
 
 
 def _tiny() -> ModelConfig:
@@ -54,6 +57,7 @@ def _tiny() -> ModelConfig:
             val_every=250,
             cmask_noise_p=0.2,
         ),
+        cues=CueConfig(enabled=True),
     )
 
 
@@ -94,6 +98,7 @@ def _small() -> ModelConfig:
             val_every=500,
             cmask_noise_p=0.2,
         ),
+        cues=CueConfig(enabled=True),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from sas_model.diffusion import min_snr_weight, sample_timesteps
 from sas_model.model import SASModel
 from sas_model.samplers import make_sampler, trailing_timesteps
 from sas_model.schedules import BETA_SCHEDULE_FNS, NoiseSchedule, make_betas
+from synth.layering import compute_layers, occlusion_maps
 
 SAMPLER_CASES = [
     ("ddpm", 1000, 0.0),
@@ -130,8 +132,9 @@ def test_min_snr_weights_match_hang_et_al(prediction: str) -> None:
     assert torch.allclose(min_snr_weight(schedule, cfg, t), expected[prediction])
 
 
-def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(image, C_k, M_k, foreground)``: a readable layer mask, half the samples with a C_k."""
+def _batch(n: int = 8) -> tuple[torch.Tensor, ...]:
+    """``(image, C_k, M_k, foreground, occlusion, layer_index)``: a readable layer mask, half the
+    samples with a C_k; the occlusion maps of the two regions as objects (the layer mask in front)."""
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (n, 64, 64, 3), dtype=torch.uint8, generator=gen)
     layer = torch.zeros(n, 64, 64, dtype=torch.uint8)
@@ -140,7 +143,14 @@ def _batch(n: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
         layer[i, 8 + i : 30 + i, 10:40] = 1
         cumulative[i, 30:50, 20 + i : 50] = i % 2
     image[layer.bool()] = 255  # the mask is readable from the image
-    return image, cumulative, layer, layer | cumulative
+    occlusion = []
+    for i in range(n):
+        amodal = np.stack([layer[i].numpy() > 0, cumulative[i].numpy() > 0])
+        amodal = amodal[amodal.reshape(2, -1).any(1)]
+        info = compute_layers(amodal, np.arange(len(amodal)))
+        occlusion.append(occlusion_maps(amodal, info.visible_masks, info.object_layer).stacked())
+    occlusion = torch.from_numpy(np.stack(occlusion))
+    return image, cumulative, layer, layer | cumulative, occlusion, torch.zeros(n, dtype=torch.long)
 
 
 @pytest.mark.parametrize(
@@ -161,7 +171,8 @@ def test_every_objective_gives_a_finite_loss_and_gradients(overrides: dict) -> N
     model = SASModel(ModelConfig.preset("tiny").replace(**overrides))
     loss, logs = model(*_batch(4))
     loss.backward()
-    assert torch.isfinite(loss) and set(logs) == {"loss", "mse", "bce", "dice", "foreground"}
+    cue_logs = {"cues", "cue/ownership", "cue/boundary", "cue/region", "cue/embedding"}
+    assert torch.isfinite(loss) and set(logs) == {"loss", "mse", "bce", "dice", "foreground"} | cue_logs
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
@@ -182,7 +193,8 @@ def test_tiny_model_overfits_a_fixed_batch() -> None:
 
 def test_foreground_head_adds_its_loss_and_stays_out_of_the_sampler_path() -> None:
     torch.manual_seed(0)
-    image, cumulative, layer, foreground = _batch(4)
+    image, cumulative, layer, foreground, occlusion, k = _batch(4)
+    cues = {"occlusion": occlusion, "layer_index": k}
     with_head = SASModel(ModelConfig.preset("tiny").replace(**{"diffusion.foreground_weight": 2.0}))
     assert with_head.unet.head.out_channels == 2
     with pytest.raises(ValueError, match="pass foreground=") as info:
@@ -190,9 +202,9 @@ def test_foreground_head_adds_its_loss_and_stays_out_of_the_sampler_path() -> No
     assert "\n" not in str(info.value)
     torch.nn.init.normal_(with_head.unet.head.weight, std=0.1)  # a head that is not all-zero yet
     torch.manual_seed(1)
-    loss, logs = with_head(image, cumulative, layer, foreground)
+    loss, logs = with_head(image, cumulative, layer, foreground, **cues)
     assert logs["foreground"] > 0
-    expected = logs["mse"] + logs["bce"] + logs["dice"] + 2.0 * logs["foreground"]
+    expected = logs["mse"] + logs["bce"] + logs["dice"] + 2.0 * logs["foreground"] + logs["cues"]
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     loss.backward()
     assert with_head.unet.head.weight.grad[1].abs().sum() > 0  # the head's channel is trained
@@ -202,5 +214,5 @@ def test_foreground_head_adds_its_loss_and_stays_out_of_the_sampler_path() -> No
 
     without = SASModel(ModelConfig.preset("tiny").replace(**{"diffusion.foreground_weight": 0.0}))
     assert without.unet.head.out_channels == 1
-    _, logs = without(image, cumulative, layer)  # no foreground needed
+    _, logs = without(image, cumulative, layer, **cues)  # no foreground needed
     assert logs["foreground"] == 0.0

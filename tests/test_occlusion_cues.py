@@ -25,7 +25,9 @@ def _three_layer_scene():
 def test_cue_targets_follow_the_layer_step():
     scene = _three_layer_scene()
     assert scene.object_layer.tolist() == [0, 1, 2]
-    maps = torch.from_numpy(occlusion_maps(scene.amodal_masks, scene.visible_masks, scene.object_layer).stacked())
+    maps = torch.from_numpy(
+        occlusion_maps(scene.amodal_masks, scene.visible_masks, scene.object_layer).stacked()
+    )
     maps = maps[None].repeat(3, 1, 1, 1)
     t = cue_targets(maps, torch.tensor([0, 1, 2]))
     vid = maps[0, 0].numpy()
@@ -65,8 +67,15 @@ def test_cue_module_shapes_and_loss_are_finite():
     batch = collate_samples(scene_to_samples(scene))
     x = torch.randn(len(batch["image"]), 4, 16, 16)
     out = cues(x)
-    assert out.ownership.shape == out.region.shape == (4, 1, 16, 16) and out.channels().shape == (4, 3, 16, 16)
-    terms = cue_loss(out, cue_targets(torch.from_numpy(batch["occlusion"]), torch.from_numpy(batch["layer_index"])))
+    assert out.ownership.shape == out.region.shape == (4, 1, 16, 16) and out.channels().shape == (
+        4,
+        3,
+        16,
+        16,
+    )
+    terms = cue_loss(
+        out, cue_targets(torch.from_numpy(batch["occlusion"]), torch.from_numpy(batch["layer_index"]))
+    )
     assert set(terms) == {"ownership", "boundary", "region", "embedding"}
     total = sum(terms.values())
     total.backward()
@@ -80,7 +89,9 @@ def test_model_with_cues_needs_the_maps_and_trains():
     model = SASModel(cfg)
     scene = _three_layer_scene()
     image = np.zeros((32, 32, 3), np.uint8)
-    big = scene_from_masks(0, "train", image, np.kron(scene.amodal_masks, np.ones((1, 2, 2), bool)), np.arange(3))
+    big = scene_from_masks(
+        0, "train", image, np.kron(scene.amodal_masks, np.ones((1, 2, 2), bool)), np.arange(3)
+    )
     batch = {k: torch.from_numpy(v) for k, v in collate_samples(scene_to_samples(big)).items()}
     loss, logs = model(**batch)
     loss.backward()

@@ -50,7 +50,11 @@ def check_scene_invariants(scene, cfg: RenderConfig) -> None:
     # the terminal sample: C_L = all objects, empty M_L, index L
     samples = scene_to_samples(scene)
     assert len(samples) == layers + 1
-    cumulative, layer_mask, index = samples[-1].cumulative_mask, samples[-1].layer_mask, samples[-1].layer_index
+    cumulative, layer_mask, index = (
+        samples[-1].cumulative_mask,
+        samples[-1].layer_mask,
+        samples[-1].layer_index,
+    )
     assert index == layers and not layer_mask.any()
     np.testing.assert_array_equal(cumulative, amodal.any(axis=0))
 
