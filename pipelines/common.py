@@ -15,6 +15,7 @@ Two runtime modes, chosen from the environment and never from code edits:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -65,7 +66,7 @@ def parse_number(text: str | int | float) -> int:
             value = float(str(text).replace("_", ""))
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0 or value != int(value):
+    if not math.isfinite(value) or value < 0 or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a whole non-negative number, got {text!r}")
     return int(value)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -68,7 +69,7 @@ def parse_count(text: str) -> int:
         value = float(digits) if any(c in digits for c in ".eE") else int(digits)
     except ValueError:
         raise argparse.ArgumentTypeError(problem) from None
-    if value != int(value) or value < 1:
+    if not math.isfinite(value) or value != int(value) or value < 1:
         raise argparse.ArgumentTypeError(problem)
     return int(value)
 

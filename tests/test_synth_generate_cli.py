@@ -33,7 +33,7 @@ def test_n_accepts_scientific_and_underscored_counts(text, value):
     assert parse_count(text) == value
 
 
-@pytest.mark.parametrize("n", ["0", "-3", "abc", "1.5", ""])
+@pytest.mark.parametrize("n", ["0", "-3", "abc", "1.5", "", "1e9999", "inf"])
 def test_bad_n_is_one_line_exit_2(capsys, tmp_path, n):
     code, err = run_main(capsys, "--n", n, "--out", str(tmp_path / "o"))
     assert code == 2
@@ -118,3 +118,9 @@ def test_script_entry_point_reports_one_line_without_traceback(tmp_path):
         timeout=60,
     )
     assert help_proc.returncode == 0 and "--s3-endpoint" in help_proc.stdout
+
+
+def test_unknown_family_is_one_line_listing_the_families(capsys, tmp_path):
+    code, err = run_main(capsys, "--n", "10", "--family", "nosuch", "--out", str(tmp_path / "o"))
+    assert code == 2 and "\n" not in err.strip()
+    assert "unknown --family 'nosuch'; choose one of flat2, flat, flat8, mixed, textured" in err

@@ -25,7 +25,7 @@ def test_parse_number_accepts_scientific_counts(text, value):
     assert common.parse_number(text) == value
 
 
-@pytest.mark.parametrize("text", ["1.5", "-3", "abc", "1e-3"])
+@pytest.mark.parametrize("text", ["1.5", "-3", "abc", "1e-3", "1e9999", "inf", "nan"])
 def test_parse_number_rejects_non_counts(text):
     with pytest.raises(argparse.ArgumentTypeError):
         common.parse_number(text)
