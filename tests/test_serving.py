@@ -217,3 +217,23 @@ def test_actors_pass_the_gpu_request_to_ray_data(monkeypatch, tmp_path):
     with pytest.raises(predict.UserError, match="none of the 0 inputs"):
         predict.run(args)  # nothing to read in the fake dataset; the request was made before
     assert seen["num_gpus"] == 1 and seen["num_cpus"] == 1
+
+
+def test_demo_model_defaults_to_the_champion_else_the_pretrained_checkpoint(tmp_path, monkeypatch):
+    from pipelines import inference
+    from pipelines.common import UserError
+    from pipelines.demo import find_model
+
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # an empty store: no champion
+    monkeypatch.delenv("SAS_PRETRAINED_MODEL", raising=False)
+    with pytest.raises(
+        UserError, match=r"no model to show: models:/sas@champion is not available .* no pretrained"
+    ):
+        find_model(None, tracking, pretrained=str(tmp_path / "absent"))
+    monkeypatch.setenv("SAS_PRETRAINED_MODEL", _checkpoint(tmp_path / "shipped"))
+    assert find_model(None, tracking).checkpoint_dir == str((tmp_path / "shipped").resolve())
+    asked = []
+    monkeypatch.setattr(inference, "resolve_model", lambda uri, tracking_uri: asked.append(uri))
+    find_model("0123456789abcdef0123456789abcdef", tracking)
+    find_model("models:/sas/3", tracking)
+    assert asked == ["runs:/0123456789abcdef0123456789abcdef/model", "models:/sas/3"]
