@@ -134,6 +134,8 @@ def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
     assert {"config.json", "overlays", "checkpoint"} <= artifacts
     overlays = [a.path for a in client.list_artifacts(run.info.run_id, "overlays")]
     assert any(p.endswith(".png") for p in overlays)
+    assert "learning_curve.png" in artifacts  # val IoU per layer against step, at the end of training
+    assert "images" in artifacts  # the overlay sheet of each validation, logged with its step
 
     champion = client.get_model_version_by_alias("sas", "champion")
     assert str(champion.version) == "1" and champion.run_id == run.info.run_id
