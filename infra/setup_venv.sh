@@ -11,7 +11,7 @@ fi
 stamp=.venv/.sas-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-    .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 | grep -v "^WARNING: Location" || true
+    .venv/bin/pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,demo]' 2>&1 | grep -v "^WARNING: Location" || true
     .venv/bin/python -c "import torch, ray, mlflow, synth, sas_model, pipelines" 
     touch "$stamp"
 fi

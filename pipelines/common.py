@@ -29,7 +29,6 @@ DEFAULT_EXPERIMENT = "sas"
 # Quiet, local-only defaults; anything the user already exported wins.
 ENV_DEFAULTS = {
     "RAY_USAGE_STATS_ENABLED": "0",
-    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "AWS_EC2_METADATA_DISABLED": "true",
@@ -43,8 +42,12 @@ class UserError(Exception):
 
 def apply_env_defaults() -> None:
     """Set the quiet/no-telemetry environment defaults without overriding user settings."""
+    from pipelines.progress import interactive
+
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if not interactive():  # Ray Data's own bars only on a terminal, never in logs or under CI=true
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

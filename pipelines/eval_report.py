@@ -136,6 +136,9 @@ def write_report(
     sheet = overlay_sheet_png(evaluated["strips"], args.sheet_rows)
     if sheet is not None:
         files.append(write_bytes_atomic(out_dir / "overlays.png", sheet))
+    calibration = calibration_png(summaries)
+    if calibration is not None:
+        files.append(write_bytes_atomic(out_dir / "calibration.png", calibration))
     summary = {
         "data": args.data,
         "split": args.split,
@@ -169,6 +172,49 @@ def sweep_markdown(rows: list[dict[str, Any]], label: str) -> str:
     for row in rows:
         lines.append("| " + " | ".join(str(row[k]) for k in keys) + " |")
     return "\n".join(lines) + "\n"
+
+
+def calibration_png(summaries: dict[str, dict[str, float]]) -> bytes | None:
+    """Pixel error rate by ensemble-variance bin (``unc/err_rate/bin{i}``), one bar group per model,
+    with each bin's share of the pixels; ``None`` when no summary has calibration numbers."""
+    from sas_model.metrics import UNCERTAINTY_BIN_EDGES as edges
+
+    bins = len(edges) - 1
+    if not any(f"unc/frac/bin{i}" in s for s in summaries.values() for i in range(bins)):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["0"] + [f"{edges[i]:.2g}-{edges[i + 1]:.2g}" for i in range(1, bins)]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    width = 0.8 / max(1, len(summaries))
+    for j, (label, summary) in enumerate(summaries.items()):
+        xs = [i + j * width for i in range(bins)]
+        rates = [summary.get(f"unc/err_rate/bin{i}", float("nan")) for i in range(bins)]
+        bars = ax.bar(xs, rates, width=width, label=label)
+        for bar, i in zip(bars, range(bins), strict=True):
+            share = summary.get(f"unc/frac/bin{i}", 0.0)
+            ax.annotate(
+                f"{100 * share:.0f}%",
+                (bar.get_x() + bar.get_width() / 2, bar.get_height() or 0),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(bins)], names)
+    ax.set_xlabel("ensemble variance of the pixel (bin; label above a bar: share of pixels)")
+    ax.set_ylabel("pixel error rate")
+    ax.set_title("calibration: error rate by ensemble-variance bin")
+    ax.set_ylim(0, 1)
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def sweep_plot_png(rows: list[dict[str, Any]], label: str) -> bytes:

@@ -39,14 +39,20 @@ from pipelines.common import UserError, apply_env_defaults, fail, init_ray, pars
 from pipelines.inference import (
     ModelSource,
     actor_pool,
+    actor_resources,
     add_model_args,
+    add_resource_args,
     add_sampler_args,
     check_sampler_overrides,
+    cluster_gpus,
+    describe_device,
     load_source_segmenter,
     parse_model_spec,
+    resolve_gpus_per_worker,
     resolve_model,
     sampler_overrides,
 )
+from pipelines.progress import Progress
 
 EXPERIMENT = "sas-eval"
 # mIoU against UNet passes: (label, sampler overrides). "dpmpp2m" is the fast multistep solver.
@@ -72,6 +78,7 @@ class SceneScorer:
         self, source: ModelSource, overrides: dict[str, Any], seed: int, teacher_forced: bool
     ) -> None:
         self.segmenter = load_source_segmenter(source)
+        print(f"[eval] model actor on {describe_device(self.segmenter.device)}", flush=True)
         self.overrides = dict(overrides)
         self.sampler_cfg = self.segmenter.resolve(**self.overrides)
         self.seed = seed
@@ -146,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="outputs/eval", help="report folder (default outputs/eval)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
     add_sampler_args(parser)
+    add_resource_args(parser)
     parser.add_argument(
         "--no-teacher-forced", action="store_true", help="skip teacher-forced IoU and stop accuracy (faster)"
     )
@@ -240,16 +248,21 @@ def score_dataset(
         batch_size=args.batch,
         batch_format="numpy",
         compute=actor_pool(args.workers),
-        num_cpus=1,
+        **actor_resources(getattr(args, "gpus", 0.0)),
     )
     records, strips = [], {}
-    for batch in scored.iter_batches(batch_size=256, batch_format="numpy"):
+    progress = Progress(
+        dataset.count(), f"eval {source.label}", unit="scenes", every=getattr(args, "progress_every", 0)
+    )
+    for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
+        progress.update(len(batch["scene_id"]))
         for scene_id, record, strip in zip(
             batch["scene_id"], batch["record"], batch["strip_png"], strict=True
         ):
             records.append(json.loads(record))
             if len(strips) < args.sheet_rows:
                 strips[int(scene_id)] = bytes(strip)
+    progress.close()
     records.sort(key=lambda r: r["scene_id"])
     return records, strips, time.time() - start
 
@@ -351,6 +364,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _, setting in sweep_settings(args.sweep):
             check_sampler_overrides(sources[0], {**base, **setting})
     init_ray()
+    args.gpus = resolve_gpus_per_worker(args.gpus_per_worker, cluster_gpus())
+    print(f"[eval] {args.workers} worker(s), {args.gpus:g} GPU(s) each", flush=True)
     out_dir = Path(args.out)
     if args.sweep_passes:
         rows = sweep_passes(args, sources[0])

@@ -228,3 +228,57 @@ def actor_pool(workers: int) -> Any:
     import ray.data
 
     return ray.data.ActorPoolStrategy(size=max(1, workers))
+
+
+# ---- GPUs for the inference actors -----------------------------------------------------------------
+def add_resource_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        metavar="N",
+        help="GPUs each model actor requests (fractions share a GPU; default: 1 when the Ray cluster "
+        "has GPUs, else 0)",
+    )
+    parser.add_argument(
+        "--progress-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="when stdout is not a terminal (logs, CI): one progress line every N items "
+        "(default 0: about every 10 %%)",
+    )
+
+
+def cluster_gpus() -> float:
+    """GPUs Ray sees in the cluster (0 when none)."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0) or 0)
+
+
+def resolve_gpus_per_worker(flag: float | None, gpus_in_cluster: float) -> float:
+    """``--gpus-per-worker``: the flag when given (>= 0), else 1 when the cluster has GPUs, else 0."""
+    if flag is None:
+        return 1.0 if gpus_in_cluster > 0 else 0.0
+    if flag < 0:
+        raise UserError(f"--gpus-per-worker must be >= 0, got {flag:g}")
+    if flag > 0 and gpus_in_cluster <= 0:
+        raise UserError(f"--gpus-per-worker {flag:g} asked for, but the Ray cluster has no GPU")
+    return float(flag)
+
+
+def actor_resources(gpus_per_worker: float) -> dict[str, float]:
+    """The ``map_batches`` resource request of each model-holding actor."""
+    return {"num_cpus": 1, "num_gpus": gpus_per_worker} if gpus_per_worker > 0 else {"num_cpus": 1}
+
+
+def describe_device(device: Any) -> str:
+    """``"cuda:0 (NVIDIA H200)"`` or ``"cpu"``: printed by each actor when its model is loaded."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return str(device)

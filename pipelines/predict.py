@@ -38,7 +38,6 @@ import argparse
 import hashlib
 import io
 import json
-import re
 import shutil
 import sys
 import tempfile
@@ -57,12 +56,28 @@ from pipelines.files import replace_dir_atomic, write_text_atomic
 from pipelines.inference import (
     ModelSource,
     actor_pool,
+    actor_resources,
     add_model_args,
+    add_resource_args,
     add_sampler_args,
     check_sampler_overrides,
+    cluster_gpus,
+    describe_device,
     load_source_segmenter,
+    resolve_gpus_per_worker,
     resolve_model,
     sampler_overrides,
+)
+from pipelines.progress import Progress
+
+# decoding and resizing in and out live in sas_model.predictor (shared with the MLflow pyfunc and the demo)
+from sas_model.predictor import (
+    Predictor,
+    decode_image,
+    resize_float,
+    resize_image,
+    resize_mask,
+    resize_result,
 )
 
 IMAGE_COLUMNS = ("image", "image_png", "image_bytes", "bytes")
@@ -70,126 +85,12 @@ NAME_COLUMNS = ("name", "path", "scene_id")
 
 
 # ---- per image (inside the actors) ----------------------------------------------------------------
-def decode_image(data: bytes) -> np.ndarray:
-    """Image file bytes → ``uint8 [H,W,3]`` RGB; ``ValueError`` (one line) when it is not an image."""
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-                background = Image.new("RGB", image.size, (255, 255, 255))
-                background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-                image = background
-            array = np.asarray(image.convert("RGB"))
-    except Exception as exc:  # noqa: BLE001 - anything Pillow raises means "not a readable image"
-        reason = re.sub(r" <[^>]*>", "", " ".join(str(exc).split()))[:120]  # drop "<_io.BytesIO at 0x..>"
-        raise ValueError(f"not a readable image ({type(exc).__name__}: {reason})") from None
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError("empty image")
-    return array
-
-
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """``uint8 [H,W,3]`` → ``uint8 [size,size,3]`` (bilinear, aspect ratio not kept)."""
-    from PIL import Image
-
-    if image.shape[:2] == (size, size):
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
-
-
-def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``bool [h,w]`` → ``bool [height,width]``: bilinear on 0/1, thresholded at 0.5."""
-    return resize_float(np.asarray(mask, dtype=np.float32), height, width) >= 0.5
-
-
-def resize_float(values: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``float [h,w]`` → ``float32 [height,width]`` (bilinear)."""
-    from PIL import Image
-
-    values = np.asarray(values, dtype=np.float32)
-    if values.shape == (height, width):
-        return values
-    return np.asarray(Image.fromarray(values, mode="F").resize((width, height), Image.Resampling.BILINEAR))
-
-
-def _bbox(mask: np.ndarray) -> list[int]:
-    ys, xs = np.nonzero(mask)
-    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+__all__ = ["decode_image", "image_outputs", "main", "resize_float", "resize_image", "resize_mask"]
 
 
 def image_outputs(image: np.ndarray, result: Any, meta: dict[str, Any]) -> dict[str, bytes]:
     """All files of one image (name → bytes), masks resized back to ``image``'s size."""
-    from sas_model.codec import encode_png
-    from sas_model.overlay import heat_map, render_overlay
-
-    height, width = image.shape[:2]
-    layers = (
-        np.stack([resize_mask(m, height, width) for m in result.layer_masks])
-        if result.num_layers
-        else (np.zeros((0, height, width), bool))
-    )
-    uncertainty = (
-        np.stack([resize_float(u, height, width) for u in result.uncertainty])
-        if result.num_layers
-        else np.zeros((0, height, width), np.float32)
-    )
-    files: dict[str, bytes] = {}
-    layer_info = []
-    for k, mask in enumerate(layers):
-        files[f"layer_{k}.png"] = encode_png(mask.astype(np.uint8) * 255)
-        layer_info.append(
-            {
-                "index": k,
-                "mask": f"layer_{k}.png",
-                "area": int(mask.sum()),
-                "mean_uncertainty": round(float(uncertainty[k][mask].mean()) if mask.any() else 0.0, 5),
-            }
-        )
-    objects, outlines = [], []
-    for obj in result.objects:
-        amodal = resize_mask(obj.amodal_mask, height, width)
-        if not amodal.any():  # a sliver that vanished when resized back: keep it at its nearest pixels
-            amodal = _nearest_resize(obj.amodal_mask, height, width)
-        visible = resize_mask(obj.visible_mask, height, width) & amodal
-        area, visible_area = int(amodal.sum()), int(visible.sum())
-        files[f"object_{obj.id}.png"] = encode_png(amodal.astype(np.uint8) * 255)
-        outlines.append(amodal)
-        objects.append(
-            {
-                "id": int(obj.id),
-                "layer": int(obj.layer),
-                "score": round(float(obj.score), 4),
-                "bbox": _bbox(amodal),
-                "area": area,
-                "visible_area": visible_area,
-                "visible_fraction": round(visible_area / area, 4) if area else 0.0,
-                "mask": f"object_{obj.id}.png",
-            }
-        )
-    peak = uncertainty.max(0) / 0.25 if len(uncertainty) else np.zeros((height, width), np.float32)
-    files["uncertainty.png"] = encode_png(heat_map(peak))
-    files["overlay.png"] = encode_png(render_overlay(image, layers, uncertainty, outlines=outlines))
-    document = {
-        **meta,
-        "height": height,
-        "width": width,
-        "num_layers": len(layers),
-        "layers": layer_info,
-        "objects": objects,
-        "occlusion_edges": [[int(a), int(b)] for a, b in result.occlusion_edges],
-        "unet_passes": int(result.unet_passes),
-        "stop_reason": result.stop_reason,
-    }
-    files["result.json"] = json.dumps(document, indent=2).encode()
-    return files
-
-
-def _nearest_resize(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    rows = (np.arange(height) * mask.shape[0] // height).clip(0, mask.shape[0] - 1)
-    cols = (np.arange(width) * mask.shape[1] // width).clip(0, mask.shape[1] - 1)
-    return np.asarray(mask, bool)[rows][:, cols]
+    return resize_result(image, result, int(meta.get("model_size", 0))).files(meta)
 
 
 def _zip(files: dict[str, bytes]) -> bytes:
@@ -208,7 +109,9 @@ class ImagePredictor:
         self, source: ModelSource, overrides: dict[str, Any], seed: int, endpoint_url: str | None
     ) -> None:
         self.segmenter = load_source_segmenter(source)
-        self.size = self.segmenter.cfg.image_size
+        self.predictor = Predictor(self.segmenter)
+        self.size = self.predictor.size
+        print(f"[predict] model actor on {describe_device(self.segmenter.device)}", flush=True)
         self.overrides, self.seed, self.endpoint_url = dict(overrides), seed, endpoint_url
         self.sampler = self.segmenter.resolve(**self.overrides)
         self._filesystem: Any = None
@@ -235,23 +138,22 @@ class ImagePredictor:
         good = [i for i in range(len(names)) if not errors[i]]
         blobs = [b""] * len(names)
         if good:
-            small = np.stack([resize_image(images[i], self.size) for i in good])
-            results = self.segmenter.segment(small, seed=self.seed, **self.overrides)
+            predictions = self.predictor.predict([images[i] for i in good], seed=self.seed, **self.overrides)
             sampler = {
                 "name": self.sampler.name,
                 "steps": self.sampler.steps,
                 "ensemble": self.sampler.ensemble_size,
             }
-            for i, result in zip(good, results, strict=True):
+            for i, prediction in zip(good, predictions, strict=True):
                 meta = {
                     "source": sources[i],
                     "name": names[i],
                     "model_size": self.size,
-                    "resized": images[i].shape[:2] != (self.size, self.size),
+                    "resized": prediction.resized,
                     "seed": self.seed,
                     "sampler": sampler,
                 }
-                blobs[i] = _zip(image_outputs(images[i], result, meta))
+                blobs[i] = _zip(prediction.files(meta))
         return {
             "name": np.array(names, dtype=object),
             "source": np.array(sources, dtype=object),
@@ -376,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=parse_number, help="only the first N inputs")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
     add_sampler_args(parser)
+    add_resource_args(parser)
     parser.add_argument("--workers", type=int, default=1, help="Ray Data actors holding a model (default 1)")
     parser.add_argument("--batch", type=int, default=16, help="images per actor batch (default 16)")
     return parser
@@ -404,8 +307,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"--out {args.out} is a file; pass a folder")
     listing = list_inputs(args.input, args.s3_endpoint)  # bad --input fails before Ray starts
     init_ray()
+    gpus = resolve_gpus_per_worker(args.gpus_per_worker, cluster_gpus())
     dataset, count = image_dataset(listing, args.input, args.s3_endpoint, args.limit)
-    print(f"[predict] {count} inputs from {args.input} with {source.uri}", flush=True)
+    print(
+        f"[predict] {count} inputs from {args.input} with {source.uri}; "
+        f"{args.workers} worker(s), {gpus:g} GPU(s) each",
+        flush=True,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     predicted = dataset.map_batches(
@@ -419,10 +327,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch,
         batch_format="numpy",
         compute=actor_pool(args.workers),
-        num_cpus=1,
+        **actor_resources(gpus),
     )
     written, skipped = [], []
-    for batch in predicted.iter_batches(batch_size=16, batch_format="numpy"):
+    progress = Progress(count, "predict", unit="images", every=args.progress_every)
+    for batch in predicted.iter_batches(batch_size=None, batch_format="numpy"):
+        progress.update(len(batch["name"]))
         for name, src, error, blob in zip(
             batch["name"], batch["source"], batch["error"], batch["files"], strict=True
         ):
@@ -432,6 +342,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 continue
             write_image_folder(out_dir, str(name), bytes(blob))
             written.append({"source": str(src), "name": str(name)})
+    progress.close()
     seconds = time.time() - start
     report = {
         "model": source.uri,

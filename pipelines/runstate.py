@@ -163,3 +163,68 @@ def short_error(error: BaseException) -> str:
         text = f"{type(root).__name__}: {root}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def learning_curve_png(history: dict[str, list[tuple[int, float]]]) -> bytes | None:
+    """Validation IoU per layer against step (``val/iou_free/layer{k}``, ``val/iou_tf/layer{k}``, the
+    means); ``history`` maps metric key → ``[(step, value)]``. ``None`` when there is nothing to draw."""
+    import io
+
+    keys = sorted(
+        k for k in history if k.startswith(("val/iou_free/", "val/iou_tf/", "val/miou")) and history[k]
+    )
+    if not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+    for ax, kind, title in ((axes[0], "free", "free-running"), (axes[1], "tf", "teacher-forced")):
+        for key in keys:
+            if f"iou_{kind}" not in key:
+                continue
+            points = sorted(history[key])
+            style = {"linewidth": 2.5, "color": "black"} if key.startswith("val/miou") else {}
+            ax.plot(
+                [s for s, _ in points],
+                [v for _, v in points],
+                marker="o",
+                markersize=3,
+                label=key.split("/")[-1] if "/layer" in key or "terminal" in key else "mean",
+                **style,
+            )
+        ax.set_title(f"validation IoU per layer, {title}")
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("IoU")
+    axes[0].set_ylim(0, 1)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def log_learning_curve(run_id: str) -> None:
+    """``learning_curve.png`` from the run's validation metrics, as an artifact (best effort)."""
+    try:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        run = client.get_run(run_id)
+        history = {
+            key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+            for key in run.data.metrics
+            if key.startswith(("val/iou_free/", "val/iou_tf/", "val/miou"))
+        }
+        png = learning_curve_png(history)
+        if png is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "learning_curve.png"
+                path.write_bytes(png)
+                client.log_artifact(run_id, str(path))
+    except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished training run
+        print(f"[train] warning: learning curve not logged ({short_error(exc)})", flush=True)

@@ -123,6 +123,15 @@ class RankZeroLogger:
         if self.enabled and self._client is not None:
             self._safe("log_artifact", self._client.log_artifact, self.run_id, str(local_path), artifact_path)
 
+    def image(self, local_path: str | Path, key: str, step: int) -> None:
+        """An image with its step (MLflow's image grid in the run page, one per validation)."""
+        if self.enabled and self._client is not None:
+            from PIL import Image
+
+            with Image.open(local_path) as picture:
+                picture.load()
+                self._safe("log_image", self._client.log_image, self.run_id, picture, key=key, step=step)
+
     def close(self) -> None:
         """Last attempt to send buffered metrics, then drop the client."""
         if self._client is not None and self._pending:

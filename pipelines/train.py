@@ -293,6 +293,7 @@ def _run(args: argparse.Namespace) -> int:
             args.alias_policy,
         )
         runstate.log_final_checkpoint(run_id, checkpoint_dir)
+    runstate.log_learning_curve(run_id)
     runstate.end_run(run_id, "FINISHED")
     summary.update(
         step=result.metrics.get("step"),

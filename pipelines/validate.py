@@ -177,6 +177,7 @@ class Validator:
         path = self.out_dir / f"overlay_step{step:07d}.png"
         Image.fromarray(overlay_sheet(rows, scale=max(1, 192 // rows[0][0].shape[0]))).save(path)
         logger.artifact(path, "overlays")
+        logger.image(path, "val/overlay", step)
         return metrics
 
 

@@ -1,11 +1,17 @@
 """MLflow pyfunc wrapper around the sequential segmenter (the only module that imports mlflow).
 
-Input: a DataFrame with a column ``image`` (base64-encoded PNG strings, any size the model was trained
-at, RGB/RGBA/greyscale) and an optional integer column ``seed`` (default 0, so the served model is
-reproducible). Optional params: ``sampler``, ``steps``, ``ensemble_size`` (override the checkpoint's
-sampler config). Output: a DataFrame with one JSON string per image in column ``result``
-(``SegmentationResult.to_dict()``: layers and per-object masks as base64 PNGs, objects, edges) and
-``num_layers``.
+Input: a DataFrame with a column ``image`` (base64-encoded image files: PNG, JPEG, ...; any size,
+mixed sizes in one request; RGB, RGBA, greyscale, palette, 16-bit) and an optional integer column
+``seed`` (default 0, so the served model is reproducible). Decoding and resizing in and out are
+``sas_model.predictor``'s, the same as ``pipelines/predict.py``: each image is resized to the model's
+S×S, segmented, and every mask is resized back to the image's own H×W. Images over
+``$SAS_MAX_PIXELS`` pixels (default 4096²; read when the model loads) are refused. Optional params:
+``sampler``, ``steps``, ``ensemble_size`` (override the checkpoint's sampler config). Output: a
+DataFrame with one JSON string per image in column ``result`` (``Prediction.to_dict()``: ``height``,
+``width``, ``model_size``, ``resized``, ``num_layers``, ``layers`` and per-object masks as base64 PNGs
+at the image's size, ``layer_uncertainty``, ``objects`` with ``bbox``/``area``/``visible_fraction``,
+``occlusion_edges``) and ``num_layers``. Bad input (not an image, empty, too large) raises a
+``MlflowException`` naming the row, which the scoring server answers with HTTP 400 and that message.
 
     log_model(checkpoint_dir="runs/x/checkpoint", name="model", input_image=image_uint8)
     mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [b64png]}))
@@ -13,7 +19,6 @@ sampler config). Output: a DataFrame with one JSON string per image in column ``
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,6 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from sas_model.codec import encode_png, from_base64, to_base64
 
@@ -29,14 +33,30 @@ ARTIFACT_KEY = "checkpoint"
 PARAM_NAMES = {"sampler": "name", "steps": "steps", "ensemble_size": "ensemble_size"}
 
 
-def decode_image(text: str) -> np.ndarray:
-    """base64 PNG → ``uint8 [H,W,3]`` RGB."""
+def decode_image(text: str, max_pixels: int | None = None) -> np.ndarray:
+    """base64 image file → ``uint8 [H,W,3]`` RGB (``sas_model.predictor.decode_image``)."""
+    from sas_model.predictor import decode_image as decode_bytes
+
+    if not isinstance(text, str | bytes) or not text:
+        raise ValueError("column 'image' must hold base64-encoded image files (got an empty value)")
     try:
-        return np.asarray(Image.open(io.BytesIO(from_base64(text))).convert("RGB"))
+        data = from_base64(text)
     except Exception as exc:  # noqa: BLE001 - any decoding failure is the caller's bad input
         raise ValueError(
-            f"column 'image' must hold base64-encoded PNG strings ({type(exc).__name__})"
+            f"column 'image' must hold base64-encoded image files ({type(exc).__name__})"
         ) from None
+    return decode_bytes(data, max_pixels)
+
+
+def _bad_input(message: str) -> Exception:
+    """A ``ValueError`` the scoring server answers with HTTP 400 (``MlflowException``, bad parameter)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class BadInput(MlflowException, ValueError):
+        pass
+
+    return BadInput(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 def encode_image(image: np.ndarray) -> str:
@@ -51,32 +71,40 @@ class SASPyfuncModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from sas_model.checkpoint import load_segmenter
+        from sas_model.predictor import Predictor, max_pixels_from_env
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.segmenter = load_segmenter(context.artifacts[ARTIFACT_KEY], device=device)
+        self.predictor = Predictor(self.segmenter, max_pixels=max_pixels_from_env())
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
-            raise ValueError("input must be a DataFrame with a column 'image' of base64 PNG strings")
+            raise _bad_input("input must be a DataFrame with a column 'image' of base64-encoded image files")
         overrides = {
             PARAM_NAMES[k]: v for k, v in (params or {}).items() if k in PARAM_NAMES and v is not None
         }
-        images = [decode_image(text) for text in model_input["image"]]
-        seeds = (
-            model_input["seed"].fillna(0).astype(int).tolist()
-            if "seed" in model_input.columns
-            else [0] * len(images)
-        )
+        images = []
+        for row, text in enumerate(model_input["image"]):
+            try:
+                images.append(decode_image(text, self.predictor.max_pixels))
+            except ValueError as exc:
+                raise _bad_input(f"image {row}: {exc}") from None
+        try:
+            seeds = (
+                model_input["seed"].fillna(0).astype(int).tolist()
+                if "seed" in model_input.columns
+                else [0] * len(images)
+            )
+        except (TypeError, ValueError):
+            raise _bad_input("column 'seed' must hold integers") from None
         results: list[Any] = [None] * len(images)
         for seed in sorted(set(seeds)):  # one batched call per seed; per-image noise makes this order-free
             rows = [i for i, s in enumerate(seeds) if s == seed]
-            if len({images[i].shape for i in rows}) > 1:
-                raise ValueError("all images must have the same size")
-            batch = np.stack([images[i] for i in rows])
-            for i, result in zip(rows, self.segmenter.segment(batch, seed=seed, **overrides), strict=True):
-                results[i] = result
+            predictions = self.predictor.predict([images[i] for i in rows], seed=seed, **overrides)
+            for i, prediction in zip(rows, predictions, strict=True):
+                results[i] = prediction
         return pd.DataFrame(
             {
                 "result": [json.dumps(r.to_dict()) for r in results],

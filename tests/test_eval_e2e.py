@@ -113,6 +113,7 @@ def test_compares_models_from_registry_and_checkpoints_in_one_table(env, local_r
     assert run.data.params["model.full.mode"] == "diffusion"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/metrics.md", "report/metrics.csv", "report/overlays.png"} <= artifacts
+    assert "report/calibration.png" in artifacts
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -133,6 +134,8 @@ def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
     assert {"config.json", "overlays", "checkpoint"} <= artifacts
     overlays = [a.path for a in client.list_artifacts(run.info.run_id, "overlays")]
     assert any(p.endswith(".png") for p in overlays)
+    assert "learning_curve.png" in artifacts  # val IoU per layer against step, at the end of training
+    assert "images" in artifacts  # the overlay sheet of each validation, logged with its step
 
     champion = client.get_model_version_by_alias("sas", "champion")
     assert str(champion.version) == "1" and champion.run_id == run.info.run_id
@@ -279,9 +282,66 @@ def test_mlflow_models_serve_answers_an_image_request(env, tmp_path):
         assert len(predictions) == 1
         result = json.loads(predictions[0]["result"])
         assert predictions[0]["num_layers"] == result["num_layers"] == len(result["layers"])
+        _two_sizes_and_bad_input(port)
     finally:
         _stop_group(server)
         log.close()
+
+
+def _post(port: int, images: list[str], params: dict | None = None) -> tuple[int, dict]:
+    """POST ``{"dataframe_split": ...}`` to /invocations; returns (HTTP status, JSON body)."""
+    body = {"dataframe_split": {"columns": ["image"], "data": [[image] for image in images]}}
+    if params:
+        body["params"] = params
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _two_sizes_and_bad_input(port: int) -> None:
+    """Two images of different sizes and modes in one request (masks come back at each image's size);
+    a non-image, an empty image and an image over the pixel limit get HTTP 400 with the reason, and
+    the server keeps answering."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from sas_model.codec import b64png_to_mask, to_base64
+
+    def png(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return to_base64(buffer.getvalue())
+
+    rng = np.random.default_rng(0)
+    wide = png(Image.fromarray(rng.integers(0, 256, (48, 100, 3), dtype=np.uint8)))
+    grey16 = png(Image.fromarray(rng.integers(0, 65536, (30, 20)).astype(np.uint16)))
+    status, body = _post(port, [wide, grey16], {"steps": 1})
+    assert status == 200, body
+    sizes = []
+    for prediction in body["predictions"]:
+        result = json.loads(prediction["result"])
+        sizes.append((result["height"], result["width"]))
+        assert all(b64png_to_mask(m).shape == sizes[-1] for m in result["layers"])
+    assert sizes == [(48, 100), (30, 20)]
+    huge = png(Image.new("RGB", (5000, 4000)))  # 20 M pixels > the default 4096² limit
+    for images, reason in [
+        ([wide, to_base64(b"not an image")], "image 1: not a readable image"),
+        ([""], "image 0: column 'image' must hold base64-encoded image files (got an empty value)"),
+        ([huge], "image 0: image too large: 5000×4000"),
+    ]:
+        status, body = _post(port, images)
+        assert status == 400 and reason in body["message"], body
+    status, _ = _post(port, [wide])
+    assert status == 200
 
 
 def _stop_group(process: subprocess.Popen) -> None:
