@@ -35,6 +35,9 @@ HEADLINE = (
     "ap",
     "ap50",
     "ap75",
+    "coco_ap",
+    "coco_ap50",
+    "coco_ap75",
     "invisible_iou",
     "order_acc",
     "unc/err_rate_agree",
@@ -44,12 +47,37 @@ HEADLINE = (
 )
 
 
+AP_LEGEND = (
+    "AP columns: `ap` / `ap50` / `ap75` are ours (Hungarian matching on amodal IoU, 101-point "
+    "interpolation); `coco_ap` / `coco_ap50` / `coco_ap75` are pycocotools COCOeval (segm, greedy by "
+    "score, maxDets 100) on the same predictions, the numbers to compare with published amodal AP."
+)
+
+
 def comparison_markdown(summaries: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     """Headline metrics, one column per model, titled with the data, split and sampler flags."""
     from sas_model.metrics_report import summary_markdown
 
     picked = {label: {k: s[k] for k in HEADLINE if k in s} for label, s in summaries.items()}
-    return summary_markdown(picked, title=_title(args))
+    table = summary_markdown(picked, title=_title(args))
+    if any("coco_ap" in s for s in summaries.values()):
+        table += "\n" + AP_LEGEND + "\n"
+    return table
+
+
+def write_coco(out_dir: Path, evaluated: dict[str, Any]) -> list[Path]:
+    """``ground_truth.json`` (COCO dataset: amodal masks as RLE) and ``detections_<label>.json`` (COCO
+    results, score = the object's score) per model; any COCO tool reads them."""
+    files: list[Path] = []
+    for label, acc in evaluated["records"].items():
+        coco = acc.coco_dicts()
+        if coco is None:
+            continue
+        gt, dt = coco
+        if not files:  # the same scenes for every model
+            files.append(write_text_atomic(out_dir / "ground_truth.json", json.dumps(gt)))
+        files.append(write_text_atomic(out_dir / f"detections_{safe_name(label)}.json", json.dumps(dt)))
+    return files
 
 
 def _title(args: argparse.Namespace) -> str:
@@ -150,6 +178,8 @@ def _full_markdown(
     from sas_model.metrics_report import summary_markdown
 
     lines = ["Models:", ""] + [f"- `{s.label}`: `{s.uri}`" for s in sources] + [""]
+    lines.append(AP_LEGEND)
+    lines.append("")
     lines.append(
         "Overlay sheet columns: image | ground-truth layers | then per model: predicted layers "
         "(object outlines white) | ensemble-variance heat map. Layer colours front to back: red, green, "
