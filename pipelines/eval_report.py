@@ -244,8 +244,11 @@ def log_to_mlflow(
     overrides: dict[str, Any],
     result: dict[str, Any],
     files: list[Path],
+    manifest: dict[str, Any] | None = None,
 ) -> str:
-    """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files.
+    """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files;
+    the dataset as an input and, for registered models, the results linked to them
+    (:func:`link_to_models`).
 
     With one model the metric keys are plain (``miou_free``), so runs compare across evaluations; with
     several they are prefixed by the model label (``deterministic/miou_free``). Sweep rows become
@@ -284,4 +287,53 @@ def log_to_mlflow(
         mlflow.log_metrics(metrics)
         for path in files:
             mlflow.log_artifact(str(path), "report")
+        if manifest is not None:
+            link_to_models(run.info.run_id, args, sources, result, manifest)
         return run.info.run_id
+
+
+def link_to_models(
+    run_id: str, args: argparse.Namespace, sources: list[Any], result: dict[str, Any], manifest: dict
+) -> None:
+    """Inside the active evaluation run: log the dataset as input and, for each ``models:/`` source,
+    its metrics linked to the registry version's logged model (``<split>/<metric>``, MLflow 3
+    ``log_metrics(model_id=..., dataset=...)``) and the version tag ``eval.<split>.run_id``. A version
+    without a logged model (registered from a run path) gets its headline metrics as version tags."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import lineage
+
+    dataset = lineage.dataset_for(args.data, manifest)
+    tags = {**lineage.dataset_tags(manifest), "sas.split": args.split}
+    mlflow.log_input(dataset, context="evaluation", tags=tags)
+    client = MlflowClient()
+    for source in sources:
+        summary = result.get("summaries", {}).get(source.label)
+        try:
+            version = lineage.registered_version(source.uri)
+        except MlflowException:
+            version = None
+        if version is None or not summary:
+            continue
+        metrics = {f"{args.split}/{k}": float(v) for k, v in summary.items() if np.isfinite(v)}
+        model_id = lineage.logged_model_id(version)
+        if model_id:
+            mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
+        else:
+            for key in HEADLINE:
+                if f"{args.split}/{key}" in metrics:
+                    client.set_model_version_tag(
+                        version.name,
+                        version.version,
+                        f"eval.{args.split}.{key}",
+                        repr(metrics[f"{args.split}/{key}"]),
+                    )
+        client.set_model_version_tag(version.name, version.version, f"eval.{args.split}.run_id", run_id)
+        client.set_model_version_tag(
+            version.name,
+            version.version,
+            f"eval.{args.split}.dataset_digest",
+            lineage.manifest_digest(manifest),
+        )

@@ -19,7 +19,10 @@ masks as RLE; ``coco_ap`` / ``coco_ap50`` / ``coco_ap75`` in the metrics are ``p
 ``COCOeval`` on exactly these; ``ap`` / ``ap50`` / ``ap75`` are ours, by Hungarian matching); with
 ``--sweep-passes``: ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` (mIoU against UNet passes per image).
 The same files, the metrics and the parameters go to one MLflow run in experiment ``sas-eval``
-(``--no-mlflow`` skips it).
+(``--no-mlflow`` skips it), with the dataset as its input (``mlflow.log_input``, context
+``evaluation``). A model given as ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` gets the results
+too: the metrics, keyed ``<split>/<metric>``, are logged linked to its MLflow 3 logged model (they show
+on the model's page, with the dataset), and the version gets the tag ``eval.<split>.run_id``.
 
 Exit status: 0 done, 1 failed, 2 bad input (one-line ``error:``).
 """
@@ -355,7 +358,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(
             f"the models work at different image sizes {sorted(sizes)}; compare models of one size"
         )
-    check_data(args, sizes.pop())
+    manifest = check_data(args, sizes.pop())
     if args.sweep_passes:  # validate every sweep setting before starting Ray
         base = {k: v for k, v in overrides.items() if k not in ("name", "steps")}
         for _, setting in sweep_settings(args.sweep):
@@ -378,7 +381,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = {"summaries": evaluated["summaries"], "files": files}
     if not args.no_mlflow:
         result["mlflow_run_id"] = eval_report.log_to_mlflow(
-            tracking_uri, args, sources, overrides, result, files
+            tracking_uri, args, sources, overrides, result, files, manifest
         )
         print(f"[eval] MLflow run {result['mlflow_run_id']} in experiment {args.experiment!r}", flush=True)
     print(f"[eval] report in {out_dir.resolve()}", flush=True)
