@@ -37,6 +37,9 @@ HEADLINE = (
     "ap",
     "ap50",
     "ap75",
+    "coco_ap",
+    "coco_ap50",
+    "coco_ap75",
     "invisible_iou",
     "order_acc",
     "pair_order",
@@ -47,12 +50,37 @@ HEADLINE = (
 )
 
 
+AP_LEGEND = (
+    "AP columns: `ap` / `ap50` / `ap75` are ours (Hungarian matching on amodal IoU, 101-point "
+    "interpolation); `coco_ap` / `coco_ap50` / `coco_ap75` are pycocotools COCOeval (segm, greedy by "
+    "score, maxDets 100) on the same predictions, the numbers to compare with published amodal AP."
+)
+
+
 def comparison_markdown(summaries: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
     """Headline metrics, one column per model, titled with the data, split and sampler flags."""
     from sas_model.metrics_report import summary_markdown
 
     picked = {label: {k: s[k] for k in HEADLINE if k in s} for label, s in summaries.items()}
-    return summary_markdown(picked, title=_title(args))
+    table = summary_markdown(picked, title=_title(args))
+    if any("coco_ap" in s for s in summaries.values()):
+        table += "\n" + AP_LEGEND + "\n"
+    return table
+
+
+def write_coco(out_dir: Path, evaluated: dict[str, Any]) -> list[Path]:
+    """``ground_truth.json`` (COCO dataset: amodal masks as RLE) and ``detections_<label>.json`` (COCO
+    results, score = the object's score) per model; any COCO tool reads them."""
+    files: list[Path] = []
+    for label, acc in evaluated["records"].items():
+        coco = acc.coco_dicts()
+        if coco is None:
+            continue
+        gt, dt = coco
+        if not files:  # the same scenes for every model
+            files.append(write_text_atomic(out_dir / "ground_truth.json", json.dumps(gt)))
+        files.append(write_text_atomic(out_dir / f"detections_{safe_name(label)}.json", json.dumps(dt)))
+    return files
 
 
 def _title(args: argparse.Namespace) -> str:
@@ -156,6 +184,8 @@ def _full_markdown(
     from sas_model.metrics_report import summary_markdown
 
     lines = ["Models:", ""] + [f"- `{s.label}`: `{s.uri}`" for s in sources] + [""]
+    lines.append(AP_LEGEND)
+    lines.append("")
     lines.append(
         "Overlay sheet columns: image | ground-truth layers | then per model: predicted layers "
         "(object outlines white) | ensemble-variance heat map. Layer colours front to back: red, green, "
@@ -263,8 +293,11 @@ def log_to_mlflow(
     overrides: dict[str, Any],
     result: dict[str, Any],
     files: list[Path],
+    manifest: dict[str, Any] | None = None,
 ) -> str:
-    """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files.
+    """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files;
+    the dataset as an input and, for registered models, the results linked to them
+    (:func:`link_to_models`).
 
     With one model the metric keys are plain (``miou_free``), so runs compare across evaluations; with
     several they are prefixed by the model label (``deterministic/miou_free``). Sweep rows become
@@ -303,4 +336,53 @@ def log_to_mlflow(
         mlflow.log_metrics(metrics)
         for path in files:
             mlflow.log_artifact(str(path), "report")
+        if manifest is not None:
+            link_to_models(run.info.run_id, args, sources, result, manifest)
         return run.info.run_id
+
+
+def link_to_models(
+    run_id: str, args: argparse.Namespace, sources: list[Any], result: dict[str, Any], manifest: dict
+) -> None:
+    """Inside the active evaluation run: log the dataset as input and, for each ``models:/`` source,
+    its metrics linked to the registry version's logged model (``<split>/<metric>``, MLflow 3
+    ``log_metrics(model_id=..., dataset=...)``) and the version tag ``eval.<split>.run_id``. A version
+    without a logged model (registered from a run path) gets its headline metrics as version tags."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import lineage
+
+    dataset = lineage.dataset_for(args.data, manifest)
+    tags = {**lineage.dataset_tags(manifest), "sas.split": args.split}
+    mlflow.log_input(dataset, context="evaluation", tags=tags)
+    client = MlflowClient()
+    for source in sources:
+        summary = result.get("summaries", {}).get(source.label)
+        try:
+            version = lineage.registered_version(source.uri)
+        except MlflowException:
+            version = None
+        if version is None or not summary:
+            continue
+        metrics = {f"{args.split}/{k}": float(v) for k, v in summary.items() if np.isfinite(v)}
+        model_id = lineage.logged_model_id(version)
+        if model_id:
+            mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
+        else:
+            for key in HEADLINE:
+                if f"{args.split}/{key}" in metrics:
+                    client.set_model_version_tag(
+                        version.name,
+                        version.version,
+                        f"eval.{args.split}.{key}",
+                        repr(metrics[f"{args.split}/{key}"]),
+                    )
+        client.set_model_version_tag(version.name, version.version, f"eval.{args.split}.run_id", run_id)
+        client.set_model_version_tag(
+            version.name,
+            version.version,
+            f"eval.{args.split}.dataset_digest",
+            lineage.manifest_digest(manifest),
+        )

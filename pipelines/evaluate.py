@@ -14,9 +14,15 @@ with ``has_instances``.
 
 Outputs in ``--out``: ``metrics.md`` / ``metrics.csv`` (one column per model), ``per_image_<label>.csv``,
 ``overlays.png`` (image | truth | per model: prediction, uncertainty), ``summary.json``; with
+``--coco-out DIR``: ``ground_truth.json`` and ``detections_<label>.json`` in COCO format (amodal
+masks as RLE; ``coco_ap`` / ``coco_ap50`` / ``coco_ap75`` in the metrics are ``pycocotools``'
+``COCOeval`` on exactly these; ``ap`` / ``ap50`` / ``ap75`` are ours, by Hungarian matching); with
 ``--sweep-passes``: ``sweep.md`` / ``sweep.csv`` / ``sweep.png`` (mIoU against UNet passes per image).
 The same files, the metrics and the parameters go to one MLflow run in experiment ``sas-eval``
-(``--no-mlflow`` skips it).
+(``--no-mlflow`` skips it), with the dataset as its input (``mlflow.log_input``, context
+``evaluation``). A model given as ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` gets the results
+too: the metrics, keyed ``<split>/<metric>``, are logged linked to its MLflow 3 logged model (they show
+on the model's page, with the dataset), and the version gets the tag ``eval.<split>.run_id``.
 
 Exit status: 0 done, 1 failed, 2 bad input (one-line ``error:``).
 """
@@ -152,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=parse_number, help="evaluate only the first N scenes of the split")
     parser.add_argument("--out", default="outputs/eval", help="report folder (default outputs/eval)")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
+    parser.add_argument(
+        "--coco-out",
+        metavar="DIR",
+        help="write ground truth and each model's detections as COCO JSON (amodal masks, RLE) to DIR",
+    )
     add_sampler_args(parser)
     add_resource_args(parser)
     parser.add_argument(
@@ -343,6 +354,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(f"model labels must differ, got {labels}; name them with --model LABEL=URI")
     if args.sweep_passes and len(specs) > 1:
         raise UserError("--sweep-passes takes exactly one --model")
+    if args.sweep_passes and args.coco_out:
+        raise UserError("--coco-out writes the evaluation's predictions; leave it out with --sweep-passes")
     tracking_uri = resolve_mlflow_uri(args.mlflow_uri)
     sources = []
     for label, uri in specs:
@@ -358,7 +371,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError(
             f"the models work at different image sizes {sorted(sizes)}; compare models of one size"
         )
-    check_data(args, sizes.pop())
+    manifest = check_data(args, sizes.pop())
     if args.sweep_passes:  # validate every sweep setting before starting Ray
         base = {k: v for k, v in overrides.items() if k not in ("name", "steps")}
         for _, setting in sweep_settings(args.sweep):
@@ -375,11 +388,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     else:
         evaluated = evaluate_models(args, sources, overrides)
         files = eval_report.write_report(out_dir, evaluated, sources, args)
+        if args.coco_out:
+            coco_files = eval_report.write_coco(Path(args.coco_out), evaluated)
+            print(f"[eval] COCO JSON: {', '.join(str(p) for p in coco_files)}", flush=True)
+            files += coco_files
         print(eval_report.comparison_markdown(evaluated["summaries"], args))
         result = {"summaries": evaluated["summaries"], "files": files}
     if not args.no_mlflow:
         result["mlflow_run_id"] = eval_report.log_to_mlflow(
-            tracking_uri, args, sources, overrides, result, files
+            tracking_uri, args, sources, overrides, result, files, manifest
         )
         print(f"[eval] MLflow run {result['mlflow_run_id']} in experiment {args.experiment!r}", flush=True)
     print(f"[eval] report in {out_dir.resolve()}", flush=True)

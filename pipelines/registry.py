@@ -103,12 +103,20 @@ def update_champion(name: str, version: str, metric: float | None, policy: str) 
     return True, f"alias '{CHAMPION_ALIAS}' -> version {version} (val metric {_fmt(metric)}, policy {policy})"
 
 
-def register(model_uri: str, name: str, run_id: str, metric_name: str, metric: float | None) -> str:
-    """Register ``model_uri`` as a new version of ``name`` tagged with its val metric; return the version."""
+def register(
+    model_uri: str,
+    name: str,
+    run_id: str,
+    metric_name: str,
+    metric: float | None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Register ``model_uri`` as a new version of ``name`` tagged with its val metric (and ``tags``, e.g.
+    the training dataset's digest from ``pipelines.lineage.version_tags``); return the version."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    version = mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version
+    version = mlflow.register_model(model_uri, name, tags={"run_id": run_id, **(tags or {})}).version
     client = MlflowClient()
     client.set_model_version_tag(name, version, "val_metric_name", metric_name)
     if metric is not None:
@@ -124,13 +132,14 @@ def log_and_register(
     metric_name: str,
     metric: float | None,
     alias_policy: str,
+    version_tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Log the pyfunc, register it (unless ``register_name`` is None) and apply the alias policy."""
     info = log_pyfunc_model(run_id, checkpoint_dir, input_image)
     summary: dict[str, Any] = {"model_uri": info.model_uri}
     if not register_name:
         return summary
-    version = register(info.model_uri, register_name, run_id, metric_name, metric)
+    version = register(info.model_uri, register_name, run_id, metric_name, metric, version_tags)
     moved, reason = update_champion(register_name, version, metric, alias_policy)
     summary.update(name=register_name, version=version, champion_moved=moved, champion_reason=reason)
     return summary

@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines import data, registry, runstate, trainer
+    from pipelines import data, lineage, registry, runstate, trainer
 
     started = time.time()
     if args.workers < 1:
@@ -227,6 +227,7 @@ def _run(args: argparse.Namespace) -> int:
     experiment_id = common.setup_mlflow(mlflow_uri, args.experiment)
     run_id, created = registry.find_or_create_run(experiment_id, run_dir, name)
     runstate.log_run_start(run_id, cfg, args, created, manifest)
+    lineage.log_dataset_input(run_id, data_path, manifest, "training")
     runstate.save_run_config(run_dir, cfg)
     loop_cfg = build_loop_config(
         cfg,
@@ -291,6 +292,7 @@ def _run(args: argparse.Namespace) -> int:
             CHAMPION_METRIC,
             metric,
             args.alias_policy,
+            version_tags=lineage.version_tags(data_path, manifest),
         )
         runstate.log_final_checkpoint(run_id, checkpoint_dir)
     runstate.log_learning_curve(run_id)

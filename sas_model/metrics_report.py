@@ -28,7 +28,10 @@ Summary keys (means over images unless said otherwise):
 - ``layer_count_acc``, ``extra_layer_rate``, ``missed_layer_rate`` (fraction of images with at least
   one extra / missed layer), ``layers_true_mean``, ``layers_pred_mean``, ``unet_passes_mean``;
 - instance metrics over images with ``has_instances``: ``ap`` (0.5:0.95), ``ap50``, ``ap75``
-  (pooled over all predictions), ``invisible_iou`` (mean over occluded GT objects), ``order_acc``
+  (ours: Hungarian matching, pooled over all predictions); ``coco_ap``, ``coco_ap50``,
+  ``coco_ap75``: the same predictions scored by ``pycocotools`` ``COCOeval`` (greedy by score,
+  maxDets 100; comparable with published amodal AP; differences in ``sas_model.coco_eval``);
+  ``invisible_iou`` (mean over occluded GT objects), ``order_acc``
   (pooled over pairs) and ``order_pairs``, ``instances_true``, ``instances_pred``;
 - calibration: ``unc/err_rate/bin{i}`` and ``unc/frac/bin{i}`` (pixels of predicted layers whose
   ensemble variance falls in bin i; bin 0 is "all members agree"), ``unc/err_rate_agree`` and
@@ -44,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from sas_model import coco_eval
 from sas_model import instance_metrics as im
 from sas_model import metrics as lm
 
@@ -117,12 +121,12 @@ def score_image(
         correct, pairs = lm.pair_order(pred_layers, objects_truth.visible, objects_truth.edges)
         record["pair_correct"], record["pair_total"] = correct, pairs
     if objects_truth is not None and pred_objects is not None:
-        record["instances"] = _score_instances(objects_truth, pred_objects, true_layers.shape[1:])
+        record["instances"] = _score_instances(objects_truth, pred_objects, true_layers.shape[1:], scene_id)
     return record
 
 
 def _score_instances(
-    truth: ObjectsTruth, pred_objects: Sequence[Any], shape: tuple[int, ...]
+    truth: ObjectsTruth, pred_objects: Sequence[Any], shape: tuple[int, ...], scene_id: int = -1
 ) -> dict[str, Any]:
     masks, scores, layers = object_arrays(pred_objects, (int(shape[0]), int(shape[1])))
     true_amodal = np.asarray(truth.amodal, dtype=bool)
@@ -136,6 +140,7 @@ def _score_instances(
         "invisible_ious": im.invisible_ious(masks, true_amodal, np.asarray(truth.visible, bool), matches),
         "order_correct": correct,
         "order_pairs": pairs,
+        "coco": coco_eval.image_entry(scene_id, true_amodal, masks, scores),
     }
 
 
@@ -217,6 +222,9 @@ class MetricsAccumulator:
         }
         if num_true:
             out.update(ap=float(np.mean(aps)), ap50=aps[0], ap75=aps[im.AP_THRESHOLDS.index(0.75)])
+            coco = self.coco_dicts()
+            if coco is not None:
+                out.update(coco_eval.coco_ap(*coco))
         invisible = [v for i in inst for v in i["invisible_ious"]]
         if invisible:
             out["invisible_iou"] = _mean(invisible)
@@ -225,6 +233,14 @@ class MetricsAccumulator:
         if pairs:
             out["order_acc"] = sum(i["order_correct"] for i in inst) / pairs
         return out
+
+    def coco_dicts(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """``(ground_truth, detections)`` in COCO format over the images with instances
+        (``sas_model.coco_eval.coco_dicts``); None when no record carries COCO data (older records)."""
+        inst = [r["instances"] for r in self.records if "instances" in r]
+        if not inst or any("coco" not in i for i in inst):
+            return None
+        return coco_eval.coco_dicts(i["coco"] for i in inst)
 
     def _calibration_summary(self) -> dict[str, float]:
         recs = [r for r in self.records if "unc_count" in r]

@@ -73,6 +73,8 @@ def test_compares_models_from_registry_and_checkpoints_in_one_table(env, local_r
         str(out),
         "--run-name",
         "compare",
+        "--coco-out",
+        str(env["root"] / "coco"),
         *FAST_SAMPLER,
     )
     assert code == 0
@@ -114,6 +116,39 @@ def test_compares_models_from_registry_and_checkpoints_in_one_table(env, local_r
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "report")}
     assert {"report/metrics.md", "report/metrics.csv", "report/overlays.png"} <= artifacts
     assert "report/calibration.png" in artifacts
+
+    # COCO JSON: any COCO tool reads it, and COCOeval on the files gives the reported coco_ap50
+    from pycocotools.coco import COCO
+
+    from sas_model import coco_eval
+
+    gt = json.loads((env["root"] / "coco" / "ground_truth.json").read_text())
+    dt = json.loads((env["root"] / "coco" / "detections_full.json").read_text())
+    assert len(gt["images"]) == 6 and len(dt) == 18
+    assert (env["root"] / "coco" / "detections_empty.json").read_text() == "[]"
+    assert COCO(str(env["root"] / "coco" / "ground_truth.json")).getImgIds() == list(range(1, 7))
+    assert coco_eval.coco_ap(gt, dt)["coco_ap50"] == full["coco_ap50"]
+    assert empty["coco_ap"] == 0.0 and "| coco_ap50 |" in printed
+
+    # lineage: the evaluation's dataset is its input; the registered model gets the results linked
+    # to its logged model (MLflow 3) and the version a tag naming the evaluation run
+    contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+    assert "evaluation" in contexts
+    import mlflow
+
+    from pipelines import lineage
+
+    version = client.get_model_version_by_alias("sas-full", "champion")
+    assert version.tags["eval.train.run_id"] == run.info.run_id
+    logged = mlflow.get_logged_model(lineage.logged_model_id(version))
+    linked = {m.key: m for m in logged.metrics}
+    assert (
+        linked["train/layers_pred_mean"].value == 3.0
+        and linked["train/layers_pred_mean"].run_id == run.info.run_id
+    )
+    assert linked["train/coco_ap50"].dataset_digest == lineage.manifest_digest(
+        json.loads((Path(env["data"]) / "manifest.json").read_text())
+    )
 
 
 @pytest.mark.slow

@@ -135,3 +135,63 @@ def test_equal_evidence_both_ways_is_a_cycle_and_unrelated_overlaps_are_counted(
     assert unordered_overlaps(graph, overlaps) == 2  # (0, 2) and (1, 2)
     graph[1, 2] = True
     assert unordered_overlaps(graph, overlaps) == 0  # 0 > 2 through 1
+
+
+# ---- parity with pycocotools (the decoder that defines COCO datasets' masks) ---------------------
+def _coco_string(mask: np.ndarray) -> str:
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode("ascii")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**32 - 1), st.floats(0.0, 1.0))
+def test_rle_decoding_matches_pycocotools_on_random_masks(height, width, seed, density):
+    from pycocotools import mask as mask_utils
+
+    from synth.importers.masks import _counts_from_string_loop, _counts_from_string_numpy
+
+    rng = np.random.default_rng(seed)
+    mask = rng.random((height, width)) < density
+    if rng.random() < 0.5:  # object-like runs as well as noise
+        mask = np.cumsum(mask, axis=int(rng.integers(0, 2))) % 3 == 0
+    text = _coco_string(mask)
+    reference = mask_utils.decode({"size": [height, width], "counts": text.encode()}).astype(bool)
+    assert np.array_equal(reference, mask)
+    assert np.array_equal(decode_rle({"size": [height, width], "counts": text}, height, width), mask)
+    assert np.array_equal(decode_rle(encode_rle(mask), height, width), mask)  # the run-list form
+    assert _counts_from_string_numpy(text).tolist() == _counts_from_string_loop(text).tolist()
+    assert rle_counts_to_string(_counts_from_string_loop(text)) == text
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(2, 48), st.integers(2, 48), st.integers(0, 2**32 - 1))
+def test_polygons_are_rasterised_exactly_as_pycocotools(height, width, seed):
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(seed)
+    polygons = []
+    for _ in range(int(rng.integers(1, 4))):
+        n = int(rng.integers(3, 12))
+        points = rng.random((n, 2)) * [width + 6, height + 6] - 3  # some reach outside the image
+        polygons.append(np.round(points, int(rng.integers(0, 3))).reshape(-1).tolist())
+    reference = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polygons, height, width)))
+    assert np.array_equal(decode_segmentation(polygons, height, width), reference.astype(bool))
+    flat = decode_segmentation(polygons[0], height, width)  # COCOA's flat single-polygon form
+    assert np.array_equal(
+        flat, mask_utils.decode(mask_utils.frPyObjects(polygons[:1], height, width))[..., 0]
+    )
+
+
+def test_long_compressed_strings_take_the_numpy_parser_and_keep_its_errors():
+    mask = np.zeros((200, 300), dtype=bool)
+    mask[::3, ::2] = True  # many runs: a long string
+    text = _coco_string(mask)
+    assert len(text) > 200
+    assert np.array_equal(decode_rle({"size": [200, 300], "counts": text}, 200, 300), mask)
+    with pytest.raises(AnnotationError, match="invalid character"):
+        rle_counts_from_string(text + "\x7f" * 300)
+    with pytest.raises(AnnotationError, match="middle of a count"):
+        rle_counts_from_string(text + "o" * 300)  # 'o' = 63: "more groups follow", never ends
+    short = {"size": [200, 300], "counts": rle_counts_to_string(np.array([5, 7]))}
+    assert decode_rle(short, 200, 300).sum() == 7  # runs stopping short leave the rest empty

@@ -140,6 +140,20 @@ def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
     champion = client.get_model_version_by_alias("sas", "champion")
     assert str(champion.version) == "1" and champion.run_id == run.info.run_id
 
+    # lineage: the dataset is the run's input (mlflow.log_input) and the version carries its digest
+    import json
+
+    from pipelines.lineage import manifest_digest
+
+    manifest = json.loads((Path(env["data"]) / "manifest.json").read_text())
+    (dataset_input,) = run.inputs.dataset_inputs
+    tags = {t.key: t.value for t in dataset_input.tags}
+    assert dataset_input.dataset.digest == manifest_digest(manifest) == champion.tags["dataset_digest"]
+    assert dataset_input.dataset.name == Path(env["data"]).name
+    assert tags["mlflow.data.context"] == "training" and tags["sas.schema_version"] == "1"
+    assert int(tags["sas.count.train"]) == manifest["counts"]["train"]
+    assert champion.tags["dataset_uri"] == str(Path(env["data"]).resolve())
+
 
 def test_registered_pyfunc_loads_and_segments_an_image(env):
     import mlflow
