@@ -7,13 +7,14 @@ beat density ∝ t by 0.31 vs 0.30 layer-0 IoU and 0.32 vs 0.30 on layer 1), Ada
 1,500-step model DDIM-1/2/5/10 gave layer-0 IoU 0.354/0.345/0.333/0.324: more steps do not help
 yet, so fewer passes). An auxiliary foreground head (``diffusion.foreground_weight``: a second
 output channel trained to mark every object of the scene) adds dense "where are the objects"
-supervision: with ``pipelines/bench_aux_targets.py`` it raised teacher-forced IoU at 1,500 steps from
-0.39 / 0.41 / 0.38 to 0.43 / 0.44 / 0.40 on layers 0 / 1 / 2 (docs/RESULTS.md). Training autocasts
-to bf16 on CPUs with native bf16 (``train.precision=auto``; 1.46x the samples/s of fp32 here). The occlusion-cue module
-(``cues``: border ownership from self-similarity features, pooled over each object by attention;
+supervision: with the round-2 probe (``bench_aux_targets.py``, since retired) it raised
+teacher-forced IoU at 1,500 steps from 0.39 / 0.41 / 0.38 to 0.43 / 0.44 / 0.40 on layers
+0 / 1 / 2 (docs/RESULTS.md). Training autocasts to bf16 on CPUs with native bf16
+(``train.precision=auto``; 1.46x the samples/s of fp32 here). The occlusion-cue module (``cues``:
+border ownership from self-similarity features, pooled over each object by attention;
 ``sas_model/occlusion.py``) is on in ``tiny`` and ``small``: it is what lets the model learn which
-objects are in front at all (docs/RESULTS.md, round 4). Every knob is a config field, so tuning never
-needs a code change.
+objects are in front at all (docs/RESULTS.md, round 4). Every knob is a config field, so tuning
+never needs a code change.
 """
 
 from __future__ import annotations
