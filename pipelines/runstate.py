@@ -83,7 +83,9 @@ def checkpoint_candidates(checkpoint: Any) -> list[Any]:
     """``checkpoint`` (the one Ray Train resumes from), then the older ``checkpoint_*`` folders of the
     same run, newest first, so a worker can fall back when the newest one is unreadable.
 
-    Ray names them ``checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>``, so name order is time order.
+    They are named ``checkpoint_step<NNNNNNNN>`` (``train_loop.checkpoint_dir_name``); runs written
+    before that have Ray's ``checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>``, which sort before every step
+    name, so in both (and mixed) runs name order is time order.
     """
     from pyarrow import fs
     from ray.train import Checkpoint

@@ -28,6 +28,12 @@ from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
 from sas_model.precision import autocast, autocast_dtype
 
 
+def checkpoint_dir_name(step: int) -> str:
+    """``checkpoint_step00000300``: named by step (zero-padded, so name order is step order; Ray's
+    former ``checkpoint_<timestamp>`` names of older runs sort before them)."""
+    return f"checkpoint_step{int(step):08d}"
+
+
 def _rank0_clock(device: torch.device) -> float:
     """Rank 0's ``time.time()`` on every rank (a broadcast; no-op without DDP), so time decisions
     (the LR position in a ``--minutes`` budget, when to stop) are the same on every rank."""
@@ -295,7 +301,11 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
         if rank == 0 and do_ckpt:
             with tempfile.TemporaryDirectory(prefix="sas-ckpt-") as tmp:
                 _save(tmp, model, ema, optimizer, state)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                ray.train.report(
+                    metrics,
+                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                    checkpoint_dir_name=checkpoint_dir_name(step),
+                )
         else:
             ray.train.report(metrics, checkpoint=None)
         logger.metrics(step, metrics)

@@ -114,6 +114,10 @@ def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
     assert (
         len([p for p in run_dir.glob("checkpoint_*") if p.is_dir()]) == 2
     )  # CheckpointConfig(num_to_keep=2)
+    assert sorted(p.name for p in run_dir.glob("checkpoint_*") if p.is_dir()) == [
+        "checkpoint_step00000003",
+        "checkpoint_step00000006",
+    ]  # named by step (checkpoint_dir_name)
 
     client, run = _mlflow_run(env, run_dir)
     assert run.data.params["config.unet.base_channels"] == "32"
