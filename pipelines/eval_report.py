@@ -240,6 +240,13 @@ def calibration_png(summaries: dict[str, dict[str, float]]) -> bytes | None:
     ax.set_ylim(0, 1)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
+    return figure_png(fig)
+
+
+def figure_png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (tight layout); the figure is closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -271,11 +278,7 @@ def sweep_plot_png(rows: list[dict[str, Any]], label: str) -> bytes:
     ax.set_title(f"mIoU vs passes: {label}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig)
 
 
 def write_sweep(out_dir: Path, rows: list[dict[str, Any]], label: str) -> list[Path]:

@@ -170,7 +170,6 @@ def short_error(error: BaseException) -> str:
 def learning_curve_png(history: dict[str, list[tuple[int, float]]]) -> bytes | None:
     """Validation IoU per layer against step (``val/iou_free/layer{k}``, ``val/iou_tf/layer{k}``, the
     means); ``history`` maps metric key → ``[(step, value)]``. ``None`` when there is nothing to draw."""
-    import io
 
     keys = sorted(
         k for k in history if k.startswith(("val/iou_free/", "val/iou_tf/", "val/miou")) and history[k]
@@ -203,11 +202,9 @@ def learning_curve_png(history: dict[str, list[tuple[int, float]]]) -> bytes | N
         ax.legend(fontsize=7)
     axes[0].set_ylabel("IoU")
     axes[0].set_ylim(0, 1)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    from pipelines.eval_report import figure_png
+
+    return figure_png(fig)
 
 
 def log_learning_curve(run_id: str) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
-from train_support import free_port
+from train_support import free_port, random_checkpoint
 
 gr = pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
 
@@ -27,20 +26,9 @@ EXAMPLES = REPO / "docs" / "demo" / "examples"
 
 
 def _checkpoint(path: Path) -> str:
-    from sas_model.checkpoint import save_checkpoint
-    from sas_model.config import ModelConfig
-    from sas_model.model import SASModel
-
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny").replace(
-        **{"sampler.steps": 2, "sampler.ensemble_size": 2, "sampler.max_layers": 3}
+    return random_checkpoint(
+        path, **{"sampler.steps": 2, "sampler.ensemble_size": 2, "sampler.max_layers": 3}
     )
-    model = SASModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(path, model)
-    return str(path)
 
 
 @pytest.fixture(scope="module")

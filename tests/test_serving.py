@@ -10,13 +10,10 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
+from train_support import random_checkpoint
 
-from sas_model.checkpoint import save_checkpoint
 from sas_model.codec import b64png_to_mask, to_base64
-from sas_model.config import ModelConfig
-from sas_model.model import SASModel
 from sas_model.predictor import Predictor, decode_image, max_pixels_from_env
 
 
@@ -27,16 +24,7 @@ def _png(image: Image.Image) -> bytes:
 
 
 def _checkpoint(path) -> str:
-    torch.manual_seed(0)
-    cfg = ModelConfig.preset("tiny").replace(
-        **{"image_size": 32, "sampler.steps": 2, "sampler.max_layers": 2}
-    )
-    model = SASModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    save_checkpoint(path, model)
-    return str(path)
+    return random_checkpoint(path, **{"image_size": 32, "sampler.steps": 2, "sampler.max_layers": 2})
 
 
 def test_decode_image_takes_every_mode_to_rgb_uint8():

@@ -24,3 +24,21 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def random_checkpoint(path, **overrides) -> str:
+    """A ``tiny`` checkpoint with weights nudged off their zero init (so it predicts something),
+    config ``overrides`` applied (dotted keys); returns its path."""
+    import torch
+
+    from sas_model.checkpoint import save_checkpoint
+    from sas_model.config import ModelConfig
+    from sas_model.model import SASModel
+
+    torch.manual_seed(0)
+    model = SASModel(ModelConfig.preset("tiny").replace(**overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_checkpoint(path, model)
+    return str(path)
