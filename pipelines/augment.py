@@ -16,6 +16,22 @@ import torch
 import torch.nn.functional as F
 
 PERTURBATIONS = ("erode", "dilate", "jitter", "drop_region", "add_blob")
+FLIP_FIELDS = ("image", "cumulative_mask", "layer_mask", "foreground", "occlusion")  # width flips
+
+
+def augment_batch(
+    batch: dict[str, torch.Tensor],
+    hflip_p: float,
+    cmask_noise_p: float,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The training augmentation of a sample batch: each sample mirrored left-right with probability
+    ``hflip_p`` (image and every mask together), then ``C_k`` perturbed with probability
+    ``cmask_noise_p`` (:func:`perturb_cumulative_mask`). Returns a new dict; other fields pass through."""
+    flipped = random_hflip(*(batch[k] for k in FLIP_FIELDS), p=hflip_p, generator=generator)
+    out = {**batch, **dict(zip(FLIP_FIELDS, flipped, strict=True))}
+    out["cumulative_mask"] = perturb_cumulative_mask(out["cumulative_mask"], cmask_noise_p, generator)
+    return out
 
 
 def random_hflip(

@@ -27,9 +27,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import multiprocessing
 import sys
 import time
-from collections.abc import Callable
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +40,17 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.augment import perturb_cumulative_mask, random_hflip  # noqa: E402
-from pipelines.optim import lr_at  # noqa: E402
+from pipelines.augment import FLIP_FIELDS, perturb_cumulative_mask  # noqa: E402
+from pipelines.optim import EMA, TrainStep, lr_at, make_optimizer  # noqa: E402
 from sas_model.checkpoint import save_checkpoint  # noqa: E402
 from sas_model.config import ModelConfig  # noqa: E402
 from sas_model.metrics import layer_ious, mask_iou, mean_by_layer, pair_order, trivial_layer_ious  # noqa: E402
 from sas_model.model import SASModel  # noqa: E402
-from sas_model.precision import autocast, autocast_dtype  # noqa: E402
 from sas_model.segmenter import SequentialSegmenter  # noqa: E402
 from synth.families import FAMILIES, family_config  # noqa: E402
 from synth.reader import Sample, collate_samples, scene_to_samples  # noqa: E402
 from synth.render import RenderConfig, render_scenes  # noqa: E402
 
-FLIP_FIELDS = ("image", "cumulative_mask", "layer_mask", "foreground", "occlusion")
 VAL_START = 10_000_000  # val scenes come from ids far from the training ids
 
 
@@ -67,12 +66,33 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return out
 
 
+CHUNK = 256  # scenes rendered per task
+
+
+def render_samples(
+    seed: int, start: int, render: RenderConfig, layers: tuple[int, ...] | None
+) -> list[Sample]:
+    """The training samples of scenes ``start .. start + CHUNK`` (train split; only ``layers`` if given)."""
+    return [
+        s
+        for sc in render_scenes(seed, start, CHUNK, render)
+        if sc.split == "train"
+        for s in scene_to_samples(sc)
+        if layers is None or s.layer_index in layers
+    ]
+
+
+def _quiet_worker() -> None:
+    torch.set_num_threads(1)
+
+
 class SampleStream:
     """Endless shuffled training samples from train-split scenes rendered on the fly.
 
     ``layers``: keep only samples of these layer indices (None: every k, the terminal one included).
     ``batch`` returns :func:`synth.reader.collate_samples` tensors; with ``hflip`` half the batches
-    are mirrored left-right.
+    are mirrored left-right. ``workers`` > 0 renders chunks in that many processes, a few chunks
+    ahead, so a GPU is not kept waiting; the scenes and their order are the same as with 0.
     """
 
     def __init__(
@@ -82,25 +102,35 @@ class SampleStream:
         buffer: int = 2048,
         layers: tuple[int, ...] | None = None,
         hflip: bool = True,
-        expand: Callable[[Any], list[Sample]] | None = None,
+        workers: int = 0,
     ) -> None:
         self.seed, self.cfg, self.buffer = seed, render, buffer
         self.layers, self.hflip = layers, hflip
-        self.expand = expand or scene_to_samples
         self.next_id, self.pool = 0, []
         self.rng = np.random.default_rng(seed)
+        self.workers = workers
+        self._procs: Any = None
+        self._ahead: deque[tuple[int, Any]] = deque()
+
+    def _next_chunk(self) -> list[Sample]:
+        if not self.workers:
+            return render_samples(self.seed, self.next_id, self.cfg, self.layers)
+        if self._procs is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._procs = ctx.Pool(self.workers, initializer=_quiet_worker)
+        while self._ahead and self._ahead[0][0] != self.next_id:  # stale after restore
+            self._ahead.popleft()
+        start = self._ahead[-1][0] + CHUNK if self._ahead else self.next_id
+        while len(self._ahead) < 2 * self.workers:
+            args = (self.seed, start, self.cfg, self.layers)
+            self._ahead.append((start, self._procs.apply_async(render_samples, args)))
+            start += CHUNK
+        return self._ahead.popleft()[1].get()
 
     def _refill(self) -> None:
         while len(self.pool) < self.buffer:
-            scenes = render_scenes(self.seed, self.next_id, 256, self.cfg)
-            self.next_id += 256
-            self.pool += [
-                s
-                for sc in scenes
-                if sc.split == "train"
-                for s in self.expand(sc)
-                if self.layers is None or s.layer_index in self.layers
-            ]
+            self.pool += self._next_chunk()
+            self.next_id += CHUNK
         order = self.rng.permutation(len(self.pool))
         self.pool = [self.pool[i] for i in order]
 
@@ -108,11 +138,12 @@ class SampleStream:
         if len(self.pool) < max(n, self.buffer // 2):
             self._refill()
         taken, self.pool = self.pool[:n], self.pool[n:]
-        tensors = {k: torch.from_numpy(v) for k, v in collate_samples(taken).items()}
-        if self.hflip and self.rng.random() < 0.5:
-            flipped = random_hflip(*(tensors[k] for k in FLIP_FIELDS), p=1.0)
-            tensors.update(zip(FLIP_FIELDS, flipped, strict=True))
-        return tensors
+        arrays = collate_samples(taken)
+        if self.hflip and self.rng.random() < 0.5:  # numpy flips: ~50x torch.flip on CPU uint8
+            for k in FLIP_FIELDS:
+                width_axis = 2 if k == "image" else -1  # image [B,H,W,3]; masks [B,...,H,W]
+                arrays[k] = np.ascontiguousarray(np.flip(arrays[k], axis=width_axis))
+        return {k: torch.from_numpy(v) for k, v in arrays.items()}
 
     def state(self) -> dict[str, Any]:
         return {"next_id": self.next_id}
@@ -120,22 +151,10 @@ class SampleStream:
     def restore(self, state: dict[str, Any]) -> None:
         self.next_id, self.pool = int(state["next_id"]), []
 
-
-def train_step(
-    model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, step: int
-) -> None:
-    """Backward, gradient clipping and AdamW step, then the EMA copy's update; ``step`` counts from 0.
-
-    The EMA decay warms up as ``min(ema_decay, (1 + step) / (10 + step))``.
-    """
-    tc = model.cfg.train
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-    opt.step()
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-            pe.lerp_(pm, 1 - min(tc.ema_decay, (1 + step) / (10 + step)))
+    def close(self) -> None:
+        if self._procs is not None:
+            self._procs.terminate()
+            self._procs = None
 
 
 def val_scenes(seed: int, render: RenderConfig, count: int) -> list:
@@ -213,6 +232,13 @@ def evaluate(
     return out
 
 
+def ema_model(model: SASModel, ema: EMA) -> SASModel:
+    """A copy of ``model`` holding the EMA weights, in eval mode."""
+    copy_ = copy.deepcopy(model).eval()
+    copy_.load_state_dict(ema.state_dict())
+    return copy_
+
+
 def _state_path(save: Path) -> Path:
     return save / "probe_state.pt"
 
@@ -238,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="cheap evaluations; the full one at the end only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--render-workers", type=int, default=0, help="processes rendering training scenes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file for the curve")
     ap.add_argument("--save", default=None, help="resumable state and the final EMA checkpoint go here")
@@ -262,19 +289,19 @@ def main(argv: list[str] | None = None) -> None:
         )
     layers = tuple(args.layers) if args.layers is not None else None
     model = SASModel(cfg).to(device)
-    ema = copy.deepcopy(model).eval()
     tc = cfg.train
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    stream = SampleStream(args.seed, render, layers=layers)
+    opt = make_optimizer(model, tc.lr, tc.weight_decay)
+    ema = EMA(model, tc.ema_decay)
+    train_step = TrainStep(model, opt, ema, device, tc.precision, tc.grad_clip)
+    stream = SampleStream(args.seed, render, layers=layers, workers=args.render_workers)
     val = val_scenes(args.seed, render, args.val_scenes)
-    amp_dtype = autocast_dtype(device, tc.precision)
     save = Path(args.save) if args.save else None
     out = Path(args.out) if args.out else None
     train_s, step, curve = 0.0, 0, []
     if save and _state_path(save).exists():
         state = torch.load(_state_path(save), map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"], int(state.get("ema_updates", state["step"])))
         opt.load_state_dict(state["optimizer"])
         stream.restore(state["stream"])
         step, train_s, curve = int(state["step"]), float(state["train_s"]), json.loads(state["curve"])
@@ -283,7 +310,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"[probe] preset={cfg.name} params={model.num_parameters():,} family={args.family} "
         f"objects={render.min_objects}-{render.max_objects} layers={layers or 'all'} overrides={args.set} "
-        f"device={device} precision={'fp32' if amp_dtype is None else amp_dtype} batch={tc.batch_size}",
+        f"device={device} precision={train_step.precision_label()} batch={tc.batch_size}",
         flush=True,
     )
     if out:
@@ -300,22 +327,18 @@ def main(argv: list[str] | None = None) -> None:
             if total
             else tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
         )
-        for group in opt.param_groups:
-            group["lr"] = lr
         batch = {k: v.to(device) for k, v in stream.batch(tc.batch_size).items()}
         batch["cumulative_mask"] = perturb_cumulative_mask(batch["cumulative_mask"], tc.cmask_noise_p)
-        with autocast(device, amp_dtype):
-            loss, _ = model(**batch)
-        train_step(model, ema, opt, loss, step)
+        result = train_step(batch, lr)
         step += 1
-        losses.append(float(loss.detach()))
+        losses.append(float(result.loss))
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s += time.perf_counter() - t0
         done = (total and step >= total) or (not total and train_s >= args.minutes * 60)
         if (step if total else train_s) >= next_eval or done:
             t1 = time.perf_counter()
-            metrics = evaluate(ema, val, quick=args.quick and not done, layers=layers)
+            metrics = evaluate(ema_model(model, ema), val, quick=args.quick and not done, layers=layers)
             row = {
                 "minutes": round(train_s / 60, 2),
                 "step": step,
@@ -336,6 +359,7 @@ def main(argv: list[str] | None = None) -> None:
                 state = {
                     "model": model.state_dict(),
                     "ema": ema.state_dict(),
+                    "ema_updates": ema.num_updates,
                     "optimizer": opt.state_dict(),
                     "stream": stream.state(),
                     "step": step,
@@ -345,8 +369,9 @@ def main(argv: list[str] | None = None) -> None:
                 tmp = _state_path(save).with_suffix(".tmp")
                 torch.save(state, tmp)
                 tmp.replace(_state_path(save))
+    stream.close()
     if save:
-        save_checkpoint(save / "checkpoint", ema, extra={"step": step, "probe": vars(args)})
+        save_checkpoint(save / "checkpoint", ema_model(model, ema), extra={"step": step, "probe": vars(args)})
 
 
 if __name__ == "__main__":

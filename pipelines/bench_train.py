@@ -1,7 +1,7 @@
 """Benchmark: training throughput through Ray Train (1 and 2 workers) vs a bare PyTorch loop.
 
 All variants train the same model with the same global batch and the same per-step work
-(hflip + cumulative-mask perturbation, forward/backward, grad clipping, AdamW, EMA):
+(``augment_batch`` then ``TrainStep``: forward/backward, grad clipping, AdamW, EMA):
 
 - **bare**: one process, samples pre-expanded in memory, random batches by indexing (no data wait
   to speak of), ``torch`` threads = all CPUs.
@@ -36,14 +36,11 @@ import torch
 from pipelines import common
 
 
-def bare_loop(
-    data_path: str, cfg: Any, loop_cfg: dict[str, Any], steps: int, warmup: int
-) -> dict[str, float]:
+def bare_loop(data_path: str, cfg: Any, steps: int, warmup: int) -> dict[str, float]:
     """Single-process loop over in-memory samples; returns samples/s and data-wait fraction."""
-    from pipelines.augment import perturb_cumulative_mask, random_hflip
-    from pipelines.optim import EMA, lr_at
+    from pipelines.augment import augment_batch
+    from pipelines.optim import EMA, TrainStep, lr_at, make_optimizer
     from sas_model.model import SASModel
-    from sas_model.precision import autocast, autocast_dtype
     from synth.reader import collate_samples, iter_scenes, scene_to_samples
 
     samples = [s for scene in iter_scenes(data_path, split="train") for s in scene_to_samples(scene)]
@@ -51,13 +48,13 @@ def bare_loop(
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(1)
     model = SASModel(cfg)
-    ema = EMA(model, loop_cfg["ema_decay"])
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=loop_cfg["lr"], weight_decay=loop_cfg["weight_decay"]
+    tc = cfg.train
+    optimizer = make_optimizer(model, tc.lr, tc.weight_decay)
+    ema = EMA(model, tc.ema_decay)
+    train_step = TrainStep(  # as train_loop does
+        model, optimizer, ema, torch.device("cpu"), tc.precision, tc.grad_clip
     )
-    batch = loop_cfg["global_batch"]
-    cpu = torch.device("cpu")
-    amp_dtype = autocast_dtype(cpu, cfg.train.precision)  # as train_loop does
+    batch = int(tc.batch_size)
     wait = 0.0
     start = time.perf_counter()
     for step in range(warmup + steps):
@@ -67,21 +64,8 @@ def bare_loop(
         index = torch.randint(len(data["image"]), (batch,))
         inputs = {k: v[index] for k, v in data.items()}
         wait += time.perf_counter() - t0
-        names = ("image", "cumulative_mask", "layer_mask", "foreground", "occlusion")
-        flipped = random_hflip(*(inputs[k] for k in names), p=loop_cfg["hflip_p"], generator=generator)
-        inputs.update(zip(names, flipped, strict=True))
-        inputs["cumulative_mask"] = perturb_cumulative_mask(
-            inputs["cumulative_mask"], loop_cfg["cmask_noise_p"], generator
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, loop_cfg["lr"], loop_cfg["warmup_steps"], warmup + steps)
-        with autocast(cpu, amp_dtype):
-            loss, _ = model(**inputs)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), loop_cfg["grad_clip"])
-        optimizer.step()
-        ema.update(model)
+        inputs = augment_batch(inputs, tc.hflip_p, tc.cmask_noise_p, generator)
+        train_step(inputs, lr_at(step, tc.lr, tc.warmup_steps, warmup + steps))
     elapsed = time.perf_counter() - start
     return {"samples_per_s": steps * batch / elapsed, "data_wait_frac": wait / elapsed, "steps": steps}
 
@@ -124,34 +108,16 @@ def ray_run(
         argv += ["--batch", str(batch)]
     for item in overrides:
         argv += ["--set", item]
-    args = train.build_parser().parse_args(argv)
-    cfg = train.build_config(args)
+    args = train.build_parser().parse_args([*argv, "--name", f"bench-{workers}w", "--shuffle", shuffle])
+    run = train.build_run_config(args, data_path, storage)
     total_cpus = float(ray.cluster_resources().get("CPU", 1))
     cpus = trainer.cpus_per_worker(total_cpus, workers, False)
-    loop_cfg = train.build_loop_config(
-        cfg,
-        args,
-        {
-            "data_path": data_path,
-            "shuffle_buffer": data.shuffle_buffer_size(shuffle, int(cfg.train.batch_size)),
-            "torch_threads": max(1, int(total_cpus // workers)),
-            "deadline_unix": None,
-            "mlflow_uri": None,
-            "mlflow_run_id": None,
-            "fail_once_marker": "",
-        },
+    run = run.replace(
+        shuffle_buffer=data.shuffle_buffer_size(shuffle, run.global_batch),
+        torch_threads=max(1, int(total_cpus // workers)),
     )
-    loop_cfg["val_every"] = 0
     started = time.perf_counter()
-    result = trainer.fit(
-        loop_cfg,
-        data.build_train_dataset(data_path, shuffle, cache),
-        args,
-        storage,
-        f"bench-{workers}w",
-        cpus,
-        False,
-    )
+    result = trainer.fit(run, data.build_train_dataset(data_path, shuffle, cache), cpus, False)
     if result.error is not None:
         raise RuntimeError(f"ray-{workers} failed: {result.error}")
     outcome = result.return_value or {}
@@ -209,25 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         + [arg for item in overrides for arg in ("--set", item)]
     )
     cfg = train.build_config(train_args)
-    loop_cfg = train.build_loop_config(
-        cfg,
-        train_args,
-        {
-            k: None
-            for k in (
-                "data_path",
-                "shuffle_buffer",
-                "torch_threads",
-                "deadline_unix",
-                "mlflow_uri",
-                "mlflow_run_id",
-                "fail_once_marker",
-            )
-        },
-    )
-    results["global_batch"] = loop_cfg["global_batch"]
+    results["global_batch"] = int(cfg.train.batch_size)
     torch.set_num_threads(os.cpu_count() or 1)
-    results["bare"] = bare_loop(data_path, cfg, loop_cfg, args.steps, args.warmup)
+    results["bare"] = bare_loop(data_path, cfg, args.steps, args.warmup)
     print(f"[bench] bare: {results['bare']['samples_per_s']:.1f} samples/s", flush=True)
     import ray
 
@@ -257,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.shutdown()
     # the bare loop again, after Ray: on a shared machine this shows how much the load drifted
-    after = bare_loop(data_path, cfg, loop_cfg, args.steps, args.warmup)
+    after = bare_loop(data_path, cfg, args.steps, args.warmup)
     results["bare_after"] = after
     print(f"[bench] bare (again, after Ray): {after['samples_per_s']:.1f} samples/s", flush=True)
     bare = 0.5 * (results["bare"]["samples_per_s"] + after["samples_per_s"])

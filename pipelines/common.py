@@ -122,6 +122,11 @@ def training_parser(doc: str, preset_help: str, set_help: str) -> argparse.Argum
     p.add_argument("--data", required=True, help="dataset directory or s3:// URI written by synth")
     p.add_argument("--preset", default="tiny", help=preset_help)
     p.add_argument(
+        "--result",
+        metavar="FILE",
+        help="also write the outcome as JSON to FILE (what a pipeline such as main_job reads)",
+    )
+    p.add_argument(
         "--set",
         dest="overrides",
         action="append",

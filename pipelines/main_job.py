@@ -104,18 +104,18 @@ def run_stage(title: str, argv: list[str], times: dict[str, float]) -> list[str]
     return lines
 
 
-def trained_model_uri(train_output: list[str], register_name: str) -> str:
-    """The model this training run produced, from train.py's ``[train] done: {json}`` line.
-
-    A rerun of a finished run trains nothing and prints no summary: then the registered champion.
-    """
-    for line in reversed(train_output):
-        if line.startswith("[train] done: "):
-            summary = json.loads(line[len("[train] done: ") :])
-            if summary.get("version") is not None:
-                return f"models:/{summary.get('name', register_name)}/{summary['version']}"
-            if summary.get("checkpoint"):
-                return str(summary["checkpoint"])
+def trained_model_uri(result_path: Path, register_name: str) -> str:
+    """The model this training run produced, from train.py's ``--result`` file: the registered
+    version, else the checkpoint. A rerun of a finished run trains nothing: then the champion."""
+    try:
+        result = json.loads(result_path.read_text())
+    except (OSError, ValueError):
+        result = {}
+    if result.get("status") == "trained":
+        if result.get("version") is not None:
+            return f"models:/{result.get('name', register_name)}/{result['version']}"
+        if result.get("checkpoint"):
+            return str(result["checkpoint"])
     return f"models:/{register_name}@champion"
 
 
@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         train += ["--steps", str(args.steps)]
     for item in args.set:
         train += ["--set", item]
-    model_uri = trained_model_uri(run_stage("train", train, times), "sas")
+    train_result = out / "stages" / "train.json"
+    train_result.unlink(missing_ok=True)  # a stale file must not name an old model
+    train += ["--result", str(train_result)]
+    run_stage("train", train, times)
+    model_uri = trained_model_uri(train_result, "sas")
 
     evaluate = ["pipelines/evaluate.py", "--model", model_uri, "--data", data, "--split", "test"]
     run_stage(

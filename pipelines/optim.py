@@ -1,7 +1,9 @@
-"""Optimiser pieces of the training loop: LR schedule, EMA, and the resumable trainer state.
+"""Optimiser pieces of training: LR schedule, EMA, the one training step, the resumable trainer state.
 
-Everything here is plain PyTorch. The trainer state is saved with ``torch.save`` of tensors and
-builtin containers only and always loaded with ``weights_only=True`` (no arbitrary unpickling).
+Everything here is plain PyTorch (no Ray): the Ray Train worker, ``bench_train``, ``bench_learning``
+and the probes all update a model through :class:`TrainStep`. The trainer state is saved with
+``torch.save`` of tensors and builtin containers only and always loaded with ``weights_only=True``
+(no arbitrary unpickling).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from sas_model.precision import autocast, autocast_dtype
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 
@@ -63,6 +67,83 @@ class EMA:
         for key, value in state.items():
             self.shadow[key].copy_(value.float() if value.dtype.is_floating_point else value)
         self.num_updates = num_updates
+
+
+MODEL_INPUTS = ("image", "cumulative_mask", "layer_mask", "foreground", "occlusion", "layer_index")
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """The training optimiser: AdamW, betas (0.9, 0.999)."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999))
+
+
+@dataclass
+class StepResult:
+    """What one :class:`TrainStep` call did: the loss, the gradient norm before clipping, and whether
+    the update was applied (``finite``; a non-finite loss or gradient skips it)."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    finite: bool
+    logs: dict[str, float]
+
+
+class TrainStep:
+    """One optimiser update: autocast forward, backward (loss-scaled for fp16), gradient clipping,
+    AdamW, EMA.
+
+    ``forward`` is the module called for the loss (a DDP wrapper of ``model``; default ``model``);
+    clipping, the optimiser and the EMA use ``model``'s parameters. The autocast dtype comes from
+    ``precision`` (``train.precision``) on ``device``. A step whose gradient norm (or, in one process,
+    loss) is not finite is skipped: no optimiser or EMA update, ``finite`` is False. Under DDP the
+    gradients are identical on every rank after the all-reduce (a NaN anywhere makes them non-finite
+    everywhere), so the gradient norm alone gives every rank the same decision.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: EMA,
+        device: torch.device,
+        precision: str,
+        grad_clip: float,
+        forward: nn.Module | None = None,
+        world_size: int = 1,
+    ) -> None:
+        self.model, self.optimizer, self.ema = model, optimizer, ema
+        self.forward = forward if forward is not None else model
+        self.device, self.grad_clip, self.world_size = device, float(grad_clip), world_size
+        self.amp_dtype = autocast_dtype(device, precision)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+    def __call__(self, batch: dict[str, torch.Tensor], lr: float, poison: bool = False) -> StepResult:
+        """Update on ``batch`` (the :data:`MODEL_INPUTS` fields) at learning rate ``lr``.
+
+        ``poison``: multiply the loss by NaN (the NaN-policy test hook)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.device, self.amp_dtype):
+            loss, logs = self.forward(**{name: batch[name] for name in MODEL_INPUTS})
+        if poison:
+            loss = loss * float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        finite = bool(torch.isfinite(grad_norm)) and (
+            self.world_size > 1 or bool(torch.isfinite(loss.detach()))
+        )
+        if finite:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if finite:
+            self.ema.update(self.model)
+        return StepResult(loss.detach(), grad_norm.detach(), finite, logs)
+
+    def precision_label(self) -> str:
+        """``autocast bfloat16`` / ``fp32``: what the forward runs in."""
+        return f"autocast {str(self.amp_dtype).removeprefix('torch.')}" if self.amp_dtype else "fp32"
 
 
 @dataclass

@@ -9,7 +9,6 @@ checkpoints are never overwritten by an incompatible model. Training-schedule fi
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -106,26 +105,20 @@ def save_run_config(directory: str, cfg: Any) -> None:
         _write_text(f"{directory}/{RUN_CONFIG_FILE}", json.dumps({"model_config": cfg.to_dict()}, indent=2))
 
 
-def log_run_start(run_id: str, cfg: Any, args: argparse.Namespace, created: bool, manifest: dict) -> None:
-    """Params (full flattened config + CLI) on a new run; config JSON artifact on every (re)start."""
+def log_run_start(run_id: str, run: Any, created: bool, manifest: dict, preset: str) -> None:
+    """Params on a new run: the full flattened model config (``config.*``), the run's choices
+    (``run.*``, ``RunConfig.params``: no credentials) and the dataset schema; the config JSON
+    artifact on every (re)start."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
+    cfg = run.model
     config = cfg.to_dict()
     if created:
         params = {f"config.{k}": v for k, v in flatten_dict(config).items()}
-        params.update(
-            {
-                "cli.data": args.data,
-                "cli.preset": args.preset,
-                "cli.workers": args.workers,
-                "cli.minutes": args.minutes,
-                "cli.shuffle": args.shuffle,
-                "cli.seed": args.seed,
-                "data.schema_version": manifest.get("schema_version"),
-            }
-        )
+        params.update(run.params())
+        params.update({"run.preset": preset, "data.schema_version": manifest.get("schema_version")})
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             client.log_batch(run_id, params=items[start : start + 100])

@@ -43,9 +43,9 @@ def quiet_ray_train_reports() -> None:
 class RankZeroLogger:
     """Prints ``[train] step ...`` progress lines and mirrors metrics/artifacts to MLflow (rank 0 only)."""
 
-    def __init__(self, loop_cfg: dict[str, Any], enabled: bool) -> None:
+    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool) -> None:
         self.enabled = enabled
-        self.run_id: str | None = loop_cfg.get("mlflow_run_id")
+        self.run_id = run_id
         self.last_train_metrics: dict[str, float] = {}
         self._client = None
         self._warned = False
@@ -59,7 +59,7 @@ class RankZeroLogger:
 
             for key, value in WORKER_HTTP_DEFAULTS.items():  # this worker process only
                 os.environ.setdefault(key, value)
-            self._client = MlflowClient(tracking_uri=loop_cfg["mlflow_uri"])
+            self._client = MlflowClient(tracking_uri=tracking_uri)
 
     def _safe(self, what: str, fn, *args, **kwargs) -> bool:
         if self._client is None:

@@ -41,6 +41,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pipelines import common
 from pipelines.common import UserError
+from pipelines.files import write_text_atomic
+from pipelines.run_config import RunConfig
 
 CHAMPION_METRIC = "val/miou_free"
 
@@ -150,43 +152,36 @@ def build_config(args: argparse.Namespace) -> Any:
     return cfg
 
 
-def build_loop_config(cfg: Any, args: argparse.Namespace, run: dict[str, Any]) -> dict[str, Any]:
-    """Everything ``train_loop_per_worker`` needs, as plain JSON-able values."""
+def build_run_config(args: argparse.Namespace, data_path: str, storage: str) -> RunConfig:
+    """The run configuration from the CLI flags (validated; the launch facts are set later)."""
+    cfg = build_config(args)
     train = cfg.train
-    steps = int(train.steps)
-    global_batch = int(train.batch_size)
-    if global_batch % args.workers:
-        raise UserError(f"global batch {global_batch} is not divisible by --workers {args.workers}")
-    val_every = args.val_every if args.val_every is not None else train.val_every
-    ckpt_every = args.ckpt_every if args.ckpt_every is not None else train.ckpt_every
-    return {
-        "model_config": cfg.to_dict(),
-        "data_path": run["data_path"],
-        "steps": steps,
-        "global_batch": global_batch,
-        "lr": float(train.lr),
-        "weight_decay": float(train.weight_decay),
-        "warmup_steps": int(train.warmup_steps),
-        "grad_clip": float(train.grad_clip),
-        "ema_decay": float(train.ema_decay),
-        "hflip_p": float(train.hflip_p),
-        "cmask_noise_p": float(train.cmask_noise_p),
-        "max_bad_steps": max(1, int(args.max_bad_steps)),
-        "val_every": int(val_every),
-        "val_scenes": int(args.val_scenes),
-        "val_free_scenes": int(args.val_free_scenes),
-        "ckpt_every": max(1, int(ckpt_every)),
-        "log_every": max(1, int(args.log_every)),
-        "seed": int(args.seed if args.seed is not None else train.seed),
-        "shuffle_buffer": run["shuffle_buffer"],
-        "torch_threads": run["torch_threads"],
-        "deadline_unix": run["deadline_unix"],
-        "mlflow_uri": run["mlflow_uri"],
-        "mlflow_run_id": run["mlflow_run_id"],
-        "fail_once_at_step": args.fail_once_at_step,
-        "fail_once_marker": run["fail_once_marker"],
-        "inject_nan_from_step": args.inject_nan_from_step,
-    }
+    try:
+        return RunConfig(
+            model=cfg,
+            data_path=data_path,
+            name=args.name or f"sas-{Path(args.preset).stem}",
+            storage=storage,
+            workers=int(args.workers),
+            minutes=args.minutes,
+            val_every=int(args.val_every if args.val_every is not None else train.val_every),
+            val_scenes=int(args.val_scenes),
+            val_free_scenes=int(args.val_free_scenes),
+            ckpt_every=max(1, int(args.ckpt_every if args.ckpt_every is not None else train.ckpt_every)),
+            log_every=max(1, int(args.log_every)),
+            keep=max(1, int(args.keep)),
+            seed=int(args.seed if args.seed is not None else train.seed),
+            max_bad_steps=max(1, int(args.max_bad_steps)),
+            shuffle=args.shuffle,
+            cache=args.cache,
+            placement=args.placement,
+            max_failures=int(args.max_failures),
+            gpu=args.gpu,
+            fail_once_at_step=args.fail_once_at_step,
+            inject_nan_from_step=args.inject_nan_from_step,
+        ).validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,62 +197,53 @@ def _run(args: argparse.Namespace) -> int:
     from pipelines import data, lineage, registry, runstate, trainer
 
     started = time.time()
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1")
     data_path = common.resolve_local_or_remote(args.data)
     manifest = data.check_dataset(data_path)
-    cfg = build_config(args)
-    if int(cfg.train.batch_size) % args.workers:
-        raise UserError(f"global batch {cfg.train.batch_size} is not divisible by --workers {args.workers}")
-    storage = common.resolve_local_or_remote(args.storage)
-    name = args.name or f"sas-{Path(args.preset).stem}"
-    run_dir = runstate.run_dir(storage, name)
+    run = build_run_config(args, data_path, common.resolve_local_or_remote(args.storage))
+    cfg = run.model
+    run_dir = runstate.run_dir(run.storage, run.name)
     resuming = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
 
     mode = common.init_ray()
     if mode == "cluster" and "://" not in args.storage and not Path(args.storage).is_absolute():
-        print(f"[train] note: --storage {args.storage} is relative; on a cluster it resolves to {storage}")
+        print(f"[train] note: --storage {args.storage} is relative; on a cluster it is {run.storage}")
     import ray
 
     total_cpus = float(ray.cluster_resources().get("CPU", 1))
-    use_gpu = args.gpu == "on" or (args.gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
-    cpus_per_worker = trainer.cpus_per_worker(total_cpus, args.workers, use_gpu)
+    use_gpu = run.gpu == "on" or (run.gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    cpus_per_worker = trainer.cpus_per_worker(total_cpus, run.workers, use_gpu)
 
     mlflow_uri = common.resolve_mlflow_uri(args.mlflow_uri)
     experiment_id = common.setup_mlflow(mlflow_uri, args.experiment)
-    run_id, created = registry.find_or_create_run(experiment_id, run_dir, name)
-    runstate.log_run_start(run_id, cfg, args, created, manifest)
+    run_id, created = registry.find_or_create_run(experiment_id, run_dir, run.name)
+    runstate.log_run_start(run_id, run, created, manifest, preset=args.preset)
     lineage.log_dataset_input(run_id, data_path, manifest, "training")
     runstate.save_run_config(run_dir, cfg)
-    loop_cfg = build_loop_config(
-        cfg,
-        args,
-        {
-            "data_path": data_path,
-            "shuffle_buffer": data.shuffle_buffer_size(args.shuffle, int(cfg.train.batch_size)),
-            "torch_threads": max(1, int(total_cpus // args.workers)) if not use_gpu else None,
-            "deadline_unix": started + 60 * args.minutes if args.minutes else None,
-            "mlflow_uri": mlflow_uri,
-            "mlflow_run_id": run_id,
-            "fail_once_marker": str(Path(run_dir) / ".injected_failure") if "://" not in run_dir else "",
-        },
+    run = run.replace(
+        shuffle_buffer=data.shuffle_buffer_size(run.shuffle, run.global_batch),
+        torch_threads=max(1, int(total_cpus // run.workers)) if not use_gpu else None,
+        deadline_unix=started + 60 * run.minutes if run.minutes else None,
+        mlflow_uri=mlflow_uri,
+        mlflow_run_id=run_id,
+        fail_once_marker=str(Path(run_dir) / ".injected_failure") if "://" not in run_dir else "",
     )
     print(
-        f"[train] {'resuming' if resuming else 'starting'} run '{name}' in {run_dir}: preset {args.preset}, "
-        f"{args.workers} worker(s) x {cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}, "
-        f"global batch {loop_cfg['global_batch']}, {loop_cfg['steps']} steps; "
+        f"[train] {'resuming' if resuming else 'starting'} run '{run.name}' in {run_dir}: "
+        f"preset {args.preset}, "
+        f"{run.workers} worker(s) x {cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}, "
+        f"global batch {run.global_batch}, {run.steps} steps; "
         f"MLflow {mlflow_uri} run {run_id}",
         flush=True,
     )
 
     fit_started = time.time()
     cache = data.should_cache(
-        args.cache, manifest, int(cfg.image_size), ray.available_resources().get("object_store_memory", 0)
+        run.cache, manifest, int(cfg.image_size), ray.available_resources().get("object_store_memory", 0)
     )
     if cache:
         print("[train] decoding the training samples once into Ray's object store (--cache)", flush=True)
-    train_dataset = data.build_train_dataset(data_path, args.shuffle, cache)
-    result = trainer.fit(loop_cfg, train_dataset, args, storage, name, cpus_per_worker, use_gpu)
+    train_dataset = data.build_train_dataset(data_path, run.shuffle, cache)
+    result = trainer.fit(run, train_dataset, cpus_per_worker, use_gpu)
     outcome = result.return_value or {}
     if result.error is not None:
         runstate.end_run(run_id, "FAILED")
@@ -271,11 +257,14 @@ def _run(args: argparse.Namespace) -> int:
         common.fail("training produced no checkpoint")
     if outcome.get("already_complete"):
         print(
-            f"[train] run '{name}' had already finished at step {outcome.get('step')}; nothing to train "
+            f"[train] run '{run.name}' had already finished at step {outcome.get('step')}; nothing to train "
             "(raise --steps to continue it); the model is not registered again",
             flush=True,
         )
         runstate.end_run(run_id, "FINISHED")
+        write_result(
+            args.result, {"status": "already_complete", "step": outcome.get("step"), "run_id": run_id}
+        )
         return 0
 
     print(
@@ -304,7 +293,18 @@ def _run(args: argparse.Namespace) -> int:
         **{k: v for k, v in result.metrics.items() if k.startswith("val/m") or k == "val/loss"},
     )
     print("[train] done: " + json.dumps(summary, default=str), flush=True)
+    write_result(args.result, {"status": "trained", **summary})
     return 0
+
+
+def write_result(path: str | None, result: dict[str, Any]) -> None:
+    """The run's outcome as JSON at ``path`` (written atomically; nothing when ``path`` is None).
+
+    ``status``: ``trained`` (with ``version``/``name`` when registered, ``checkpoint``, ``step``,
+    ``run_id`` and the final ``val/*`` metrics) or ``already_complete`` (a rerun of a finished run).
+    """
+    if path:
+        write_text_atomic(path, json.dumps(result, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

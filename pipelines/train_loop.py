@@ -21,11 +21,19 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 
-from pipelines.augment import perturb_cumulative_mask, random_hflip
+from pipelines.augment import augment_batch
 from pipelines.data import SAMPLE_COLUMNS, SAMPLE_DTYPES
-from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
+from pipelines.optim import (
+    EMA,
+    TrainerState,
+    TrainStep,
+    load_trainer_state,
+    lr_at,
+    make_optimizer,
+    save_trainer_state,
+)
+from pipelines.run_config import RunConfig
 from pipelines.tracking import RankZeroLogger, quiet_ray_train_reports, say
-from sas_model.precision import autocast, autocast_dtype
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -85,7 +93,7 @@ def _save(directory: str, model: torch.nn.Module, ema: EMA, optimizer: Any, stat
     save_trainer_state(directory, state, optimizer)
 
 
-def _batches(shard: Any, state: TrainerState, per_worker_batch: int, loop_cfg: dict, device: torch.device):
+def _batches(shard: Any, state: TrainerState, per_worker_batch: int, run: RunConfig, device: torch.device):
     """Endless stream of (epoch, batch dict) from this worker's shard; one Ray Data pass per epoch."""
     epoch = state.epoch
     while True:
@@ -95,9 +103,9 @@ def _batches(shard: Any, state: TrainerState, per_worker_batch: int, loop_cfg: d
             drop_last=True,
             dtypes={name: getattr(torch, SAMPLE_DTYPES.get(name, "uint8")) for name in SAMPLE_COLUMNS},
             device=device,
-            prefetch_batches=loop_cfg.get("prefetch_batches", 2),
-            local_shuffle_buffer_size=loop_cfg.get("shuffle_buffer") or None,
-            local_shuffle_seed=None if loop_cfg.get("seed") is None else loop_cfg["seed"] + 7919 * epoch,
+            prefetch_batches=run.prefetch_batches,
+            local_shuffle_buffer_size=run.shuffle_buffer or None,
+            local_shuffle_seed=run.seed + 7919 * epoch,
         ):
             produced += 1
             yield epoch, batch
@@ -122,170 +130,190 @@ def schedule_step(
     return max(step, min(total_steps, int(fraction * total_steps)))
 
 
-def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry: ``loop_cfg`` is built by ``pipelines.train.build_loop_config``.
+class ThroughputMeter:
+    """Loss, samples/s and data-wait fraction per progress window, and the steady-state figures over
+    every window after the first (which holds worker and Ray Data start-up)."""
+
+    def __init__(self) -> None:
+        self._open()
+        self.windows = 0
+        self.steady_samples, self.steady_wait, self.steady_time = 0, 0.0, 0.0
+
+    def _open(self) -> None:
+        self.loss, self.count, self.wait, self.samples = 0.0, 0, 0.0, 0
+        self.start = time.perf_counter()
+
+    def step(self, loss: float, samples: int) -> None:
+        self.loss, self.count, self.samples = self.loss + loss, self.count + 1, self.samples + samples
+
+    def close(self, lr: float, grad_norm: float, epoch: int) -> dict[str, float]:
+        """The window's ``train/*`` metrics; a new window starts."""
+        elapsed = max(1e-9, time.perf_counter() - self.start)
+        metrics = {
+            "train/loss": self.loss / max(1, self.count),
+            "train/lr": lr,
+            "train/samples_per_s": self.samples / elapsed,
+            "train/data_wait_frac": self.wait / elapsed,
+            "train/grad_norm": grad_norm,
+            "train/epoch": float(epoch),
+        }
+        self.windows += 1
+        if self.windows > 1:
+            self.steady_samples += self.samples
+            self.steady_wait += self.wait
+            self.steady_time += elapsed
+        self._open()
+        return metrics
+
+    def steady(self) -> dict[str, float | None]:
+        t = self.steady_time
+        return {
+            "steady_samples_per_s": self.steady_samples / t if t else None,
+            "steady_data_wait_frac": self.steady_wait / t if t else None,
+        }
+
+
+class BadSteps:
+    """The non-finite-loss policy: each skipped step warns; ``max_bad`` in a row abort the run."""
+
+    def __init__(self, max_bad: int) -> None:
+        self.max_bad, self.consecutive = max_bad, 0
+
+    def skipped(self, step: int, rank: int) -> str:
+        """Count a skipped step; return the abort reason once ``max_bad`` are in a row, else ""."""
+        self.consecutive += 1
+        if rank == 0:
+            say(
+                f"[train] warning: non-finite loss/gradient at step {step}; step skipped "
+                f"({self.consecutive}/{self.max_bad} in a row)"
+            )
+        if self.consecutive < self.max_bad:
+            return ""
+        return (
+            f"loss was NaN/inf for {self.consecutive} steps in a row at step {step}; "
+            "lower train.lr or check the data (the last good checkpoint is kept)"
+        )
+
+
+def _report(metrics: dict[str, Any], to_save: tuple | None) -> None:
+    """``ray.train.report`` (a barrier: every rank calls it at the same steps); with ``to_save``
+    (model, EMA, optimizer, state; rank 0 only) a checkpoint named by the step goes with it."""
+    if to_save is None:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory(prefix="sas-ckpt-") as tmp:
+        _save(tmp, *to_save)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=checkpoint_dir_name(metrics["step"]),
+        )
+
+
+def _fail_once_hook(run: RunConfig, step: int, rank: int) -> None:
+    """Test hook: rank 0 raises once at ``run.fail_once_at_step`` (a marker file makes it once)."""
+    if run.fail_once_at_step is None or step != int(run.fail_once_at_step) or rank != 0:
+        return
+    if not os.path.exists(run.fail_once_marker):
+        open(run.fail_once_marker, "w").close()
+        raise RuntimeError(f"injected failure at step {step} (test hook)")
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry: ``config`` is a ``RunConfig.to_dict()`` (``pipelines.run_config``).
 
     Returns (rank 0's value reaches the driver as ``Result.return_value``) the final step, an
     ``abort_reason`` (NaN/inf loss: the driver prints it as a one-line error; no retry, since
-    retrying a diverged run from the same checkpoint would diverge again) and ``already_complete``
-    (a rerun of a finished run).
+    retrying a diverged run from the same checkpoint would diverge again), ``already_complete``
+    (a rerun of a finished run) and the steady-state throughput.
     """
-    from sas_model.config import ModelConfig
     from sas_model.model import SASModel
 
     quiet_ray_train_reports()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    if loop_cfg.get("torch_threads"):
-        torch.set_num_threads(int(loop_cfg["torch_threads"]))
-    cfg = ModelConfig.from_dict(loop_cfg["model_config"])
-    seed = int(loop_cfg.get("seed") or 0)
-    torch.manual_seed(seed + 1000 * rank)
-    aug_generator = torch.Generator().manual_seed(seed + 17 + 1000 * rank)
+    run = RunConfig.from_dict(config)
+    if run.torch_threads:
+        torch.set_num_threads(run.torch_threads)
+    cfg, tc = run.model, run.model.train
+    torch.manual_seed(run.seed + 1000 * rank)
+    aug_generator = torch.Generator().manual_seed(run.seed + 17 + 1000 * rank)
 
     model = SASModel(cfg).to(device)
-    ema = EMA(model, loop_cfg["ema_decay"])
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=loop_cfg["lr"], weight_decay=loop_cfg["weight_decay"], betas=(0.9, 0.999)
-    )
+    ema = EMA(model, tc.ema_decay)
+    optimizer = make_optimizer(model, tc.lr, tc.weight_decay)
     if rank == 0:
         say(
             f"[train] rank 0 of {world_size} on {device}, {torch.get_num_threads()} torch threads, "
             f"code from {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}"
         )
     checkpoint = ray.train.get_checkpoint()
-    state = TrainerState()
-    if checkpoint:
-        state = _restore_newest_readable(checkpoint, model, ema, optimizer, rank)
+    state = (
+        _restore_newest_readable(checkpoint, model, ema, optimizer, rank) if checkpoint else TrainerState()
+    )
     if checkpoint and rank == 0:
         say(f"[train] resumed from step {state.step} (epoch {state.epoch})")
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
-
-    amp_dtype = autocast_dtype(device, cfg.train.precision)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    train_step = TrainStep(
+        model, optimizer, ema, device, tc.precision, tc.grad_clip, forward=ddp_model, world_size=world_size
+    )
     if rank == 0:
-        precision = f"autocast {str(amp_dtype).removeprefix('torch.')}" if amp_dtype else "fp32"
-        say(f"[train] precision: {precision} (train.precision={cfg.train.precision})")
+        say(f"[train] precision: {train_step.precision_label()} (train.precision={tc.precision})")
 
-    total_steps = int(loop_cfg["steps"])
-    per_worker_batch = int(loop_cfg["global_batch"]) // world_size
-    deadline = loop_cfg.get("deadline_unix")
-    logger = RankZeroLogger(loop_cfg, enabled=rank == 0)
+    total_steps, deadline = run.steps, run.deadline_unix
+    global_batch = run.global_batch  # divisible by world_size (RunConfig.validate)
+    logger = RankZeroLogger(run.mlflow_uri, run.mlflow_run_id, enabled=rank == 0)
     validator = None
-    if rank == 0 and loop_cfg.get("val_every"):
+    if rank == 0 and run.val_every:
         from pipelines.validate import Validator, val_line
 
-        validator = Validator(loop_cfg["data_path"], cfg, device, loop_cfg)
-
-    shard = ray.train.get_dataset_shard("train")
-    stream = _batches(shard, state, per_worker_batch, loop_cfg, device)
+        validator = Validator(run, device)
+    stream = _batches(
+        ray.train.get_dataset_shard("train"), state, run.global_batch // world_size, run, device
+    )
     loop_start = now = _rank0_clock(device) if deadline is not None else time.time()
-    window = {"loss": 0.0, "count": 0, "wait": 0.0, "start": time.perf_counter(), "samples": 0}
-    steady = {"samples": 0, "wait": 0.0, "time": 0.0, "windows": 0}  # all windows after the first
-    consecutive_bad = 0
-    fail_once = loop_cfg.get("fail_once_at_step")
+    meter = ThroughputMeter()
+    bad_steps = BadSteps(run.max_bad_steps)
     abort_reason = ""
     already_complete = state.step >= total_steps
 
     while state.step < total_steps:
         t0 = time.perf_counter()
         epoch, batch = next(stream)
-        window["wait"] += time.perf_counter() - t0
+        meter.wait += time.perf_counter() - t0
         if epoch != state.epoch:
             state.epoch, state.batches_in_epoch = epoch, 0
         state.batches_in_epoch += 1
 
-        image, cumulative_mask, layer_mask, foreground, occlusion = random_hflip(
-            batch["image"],
-            batch["cumulative_mask"],
-            batch["layer_mask"],
-            batch["foreground"],
-            batch["occlusion"],
-            p=loop_cfg["hflip_p"],
-            generator=aug_generator,
-        )
-        cumulative_mask = perturb_cumulative_mask(cumulative_mask, loop_cfg["cmask_noise_p"], aug_generator)
+        batch = augment_batch(batch, tc.hflip_p, tc.cmask_noise_p, aug_generator)
         lr_step = schedule_step(state.step, total_steps, loop_start, deadline, now)
-        lr = lr_at(lr_step, loop_cfg["lr"], loop_cfg["warmup_steps"], total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        with autocast(device, amp_dtype):
-            loss, _ = ddp_model(
-                image, cumulative_mask, layer_mask, foreground, occlusion, batch["layer_index"]
-            )
-        if (
-            loop_cfg.get("inject_nan_from_step") is not None
-            and state.step >= loop_cfg["inject_nan_from_step"]
-        ):
-            loss = loss * float("nan")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        # Gradients are identical on every rank after DDP's all-reduce (a NaN/inf loss anywhere makes
-        # them non-finite everywhere), so deciding on the gradient norm alone gives every rank the same
-        # skip decision without extra communication.
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), loop_cfg["grad_clip"])
-        finite = bool(torch.isfinite(grad_norm)) and (world_size > 1 or bool(torch.isfinite(loss.detach())))
-        if not finite:
-            scaler.update()
-            consecutive_bad += 1
+        lr = lr_at(lr_step, tc.lr, tc.warmup_steps, total_steps)
+        nan_from = run.inject_nan_from_step
+        result = train_step(batch, lr, poison=nan_from is not None and state.step >= nan_from)
+        if not result.finite:
             state.skipped_steps += 1
-            if rank == 0:
-                say(
-                    f"[train] warning: non-finite loss/gradient at step {state.step}; step skipped "
-                    f"({consecutive_bad}/{loop_cfg['max_bad_steps']} in a row)"
-                )
-            if consecutive_bad >= loop_cfg["max_bad_steps"]:
-                abort_reason = (
-                    f"loss was NaN/inf for {consecutive_bad} steps in a row at step {state.step}; "
-                    "lower train.lr or check the data (the last good checkpoint is kept)"
-                )
+            abort_reason = bad_steps.skipped(state.step, rank)
+            if abort_reason:
                 break
             continue
-        consecutive_bad = 0
-        scaler.step(optimizer)
-        scaler.update()
-        ema.update(model)
+        bad_steps.consecutive = 0
         state.step += 1
-        state.samples_seen += per_worker_batch * world_size
-        window["loss"] += float(loss.detach())
-        window["count"] += 1
-        window["samples"] += per_worker_batch * world_size
-
-        if fail_once is not None and state.step == int(fail_once) and rank == 0:
-            marker = loop_cfg["fail_once_marker"]
-            if not os.path.exists(marker):
-                open(marker, "w").close()
-                raise RuntimeError(f"injected failure at step {state.step} (test hook)")
+        state.samples_seen += global_batch
+        meter.step(float(result.loss), global_batch)
+        step = state.step
+        _fail_once_hook(run, step, rank)
 
         out_of_time = False
         if deadline is not None:  # one broadcast per step, and only with a wall-clock budget
             now = _rank0_clock(device)
             out_of_time = now >= deadline
-        last = state.step >= total_steps or out_of_time
-        step = state.step
-        if step % loop_cfg["log_every"] == 0 or last:
-            elapsed = max(1e-9, time.perf_counter() - window["start"])
-            train_metrics = {
-                "train/loss": window["loss"] / max(1, window["count"]),
-                "train/lr": lr,
-                "train/samples_per_s": window["samples"] / elapsed,
-                "train/data_wait_frac": window["wait"] / elapsed,
-                "train/grad_norm": float(grad_norm),
-                "train/epoch": float(state.epoch),
-            }
-            logger.progress(step, total_steps, train_metrics)
-            steady["windows"] += 1
-            if steady["windows"] > 1:  # the first window includes worker and Ray Data start-up
-                steady["samples"] += window["samples"]
-                steady["wait"] += window["wait"]
-                steady["time"] += elapsed
-            window = {"loss": 0.0, "count": 0, "wait": 0.0, "start": time.perf_counter(), "samples": 0}
-        do_val = validator is not None and (step % loop_cfg["val_every"] == 0 or last)
-        do_ckpt = step % loop_cfg["ckpt_every"] == 0 or last
-        if not (do_ckpt or (loop_cfg.get("val_every") and step % loop_cfg["val_every"] == 0) or last):
+        last = step >= total_steps or out_of_time
+        if step % run.log_every == 0 or last:
+            logger.progress(step, total_steps, meter.close(lr, float(result.grad_norm), state.epoch))
+        do_val = validator is not None and (step % run.val_every == 0 or last)
+        do_ckpt = step % run.ckpt_every == 0 or last
+        if not (do_ckpt or (run.val_every and step % run.val_every == 0) or last):
             continue
         metrics: dict[str, Any] = {
             "step": step,
@@ -296,18 +324,8 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
         }
         if do_val:
             metrics.update(validator.run(model, ema, step, logger))
-            if rank == 0:
-                say(val_line(step, metrics))
-        if rank == 0 and do_ckpt:
-            with tempfile.TemporaryDirectory(prefix="sas-ckpt-") as tmp:
-                _save(tmp, model, ema, optimizer, state)
-                ray.train.report(
-                    metrics,
-                    checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=checkpoint_dir_name(step),
-                )
-        else:
-            ray.train.report(metrics, checkpoint=None)
+            say(val_line(step, metrics))
+        _report(metrics, (model, ema, optimizer, state) if rank == 0 and do_ckpt else None)
         logger.metrics(step, metrics)
         if last:
             break
@@ -317,6 +335,5 @@ def train_loop_per_worker(loop_cfg: dict[str, Any]) -> dict[str, Any]:
         "step": state.step,
         "abort_reason": abort_reason,
         "already_complete": already_complete,
-        "steady_samples_per_s": steady["samples"] / steady["time"] if steady["time"] else None,
-        "steady_data_wait_frac": steady["wait"] / steady["time"] if steady["time"] else None,
+        **meter.steady(),
     }

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
+
+from pipelines.run_config import RunConfig
 
 
 def cpus_per_worker(total_cpus: float, workers: int, use_gpu: bool) -> float:
@@ -19,16 +20,14 @@ def cpus_per_worker(total_cpus: float, workers: int, use_gpu: bool) -> float:
 
 
 def fit(
-    loop_cfg: dict[str, Any],
+    run: RunConfig,
     train_dataset: Any,
-    args: argparse.Namespace,
-    storage: str,
-    name: str,
     cpus: float,
     use_gpu: bool,
     callbacks: list[Any] | None = None,
 ) -> Any:
-    """Run the trainer and return its ``Result`` (``fit()`` errors are returned in ``result.error``).
+    """Run the trainer for ``run`` and return its ``Result`` (``fit()`` errors are returned in
+    ``result.error``). The workers receive ``run.to_dict()``.
 
     ``callbacks`` go to ``RunConfig(callbacks=...)``; ``pipelines/tune.py`` passes Ray Tune's
     ``TuneReportCallback`` so each trial's reports reach the Tuner.
@@ -38,23 +37,23 @@ def fit(
 
     from pipelines.train_loop import train_loop_per_worker
 
-    storage_path, storage_filesystem = _storage(storage)
+    storage_path, storage_filesystem = _storage(run.storage)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_cfg,
+        train_loop_config=run.to_dict(),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=int(args.workers),
+            num_workers=run.workers,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": cpus},
-            placement_strategy=str(getattr(args, "placement", "pack")).upper(),
+            placement_strategy=run.placement.upper(),
         ),
         run_config=ray.train.RunConfig(
-            name=name,
+            name=run.name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
-            failure_config=ray.train.FailureConfig(max_failures=int(args.max_failures)),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(1, int(args.keep))),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=run.keep),
             callbacks=list(callbacks or []),
         ),
         datasets={"train": train_dataset},

@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from pipelines import common, tune_space
 from pipelines.common import UserError
+from pipelines.run_config import RunConfig
 
 SEARCH_TAG = "sas.tune_dir"
 TRIAL_TAG = "sas.tune_trial"
@@ -145,14 +146,29 @@ def _plan(args: argparse.Namespace, space: dict[str, Any], max_steps: int) -> di
     }
 
 
-def _train_argv(args: argparse.Namespace, data_path: str, val_every: int) -> list[str]:
-    """The ``pipelines/train.py`` command line every trial's ``TorchTrainer`` is built from."""
-    return [
-        "--data", data_path, "--preset", args.preset, "--workers", str(args.workers),
-        "--val-every", str(val_every), "--ckpt-every", str(val_every), "--log-every", str(val_every),
-        "--val-scenes", str(args.val_scenes), "--val-free-scenes", str(args.val_free_scenes),
-        "--keep", "2", "--max-failures", "1", "--seed", str(args.seed), "--cache", args.cache,
-    ]  # fmt: skip
+def _base_run(
+    args: argparse.Namespace, trial_base: Any, data_path: str, exp_dir: str, val_every: int
+) -> RunConfig:
+    """The run configuration every trial derives its own from (``replace(model=..., name=...)``)."""
+    try:
+        return RunConfig(
+            model=trial_base,
+            data_path=data_path,
+            name="trial",
+            storage=f"{exp_dir}/train_runs",
+            workers=int(args.workers),
+            val_every=val_every,
+            ckpt_every=val_every,
+            log_every=val_every,
+            val_scenes=int(args.val_scenes),
+            val_free_scenes=int(args.val_free_scenes),
+            keep=2,
+            max_failures=1,
+            seed=int(args.seed),
+            cache=args.cache,
+        ).validate()
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _check_resume(exp_dir: str, state: dict[str, Any]) -> bool:
@@ -221,21 +237,18 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines import data, registry, runstate, trainer
-    from pipelines import train as train_cli
     from pipelines.tracking import say
 
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
     cfg = tune_space.trial_config(setup["base_config"], params, setup["prediction_types"])
-    args = train_cli.build_parser().parse_args(setup["train_argv"])
-    name = f"trial-{trial_id}"
-    train_storage = setup["train_storage"]
-    run_dir = runstate.run_dir(train_storage, name)
+    run = RunConfig.from_dict(setup["base_run"]).replace(model=cfg, name=f"trial-{trial_id}")
+    run_dir = runstate.run_dir(run.storage, run.name)
     runstate.check_compatible(run_dir, cfg)
 
     experiment_id = common.setup_mlflow(setup["mlflow_uri"], setup["experiment"])
-    run_id, created = registry.find_or_create_run(experiment_id, run_dir, name)
-    runstate.log_run_start(run_id, cfg, args, created, setup["manifest"])
+    run_id, created = registry.find_or_create_run(experiment_id, run_dir, run.name)
+    runstate.log_run_start(run_id, run, created, setup["manifest"], preset=setup["preset"])
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -246,31 +259,18 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
         _log_params(run_id, {f"tune.{k}": v for k, v in effective.items()} | {"tune.trial_id": trial_id})
     runstate.save_run_config(run_dir, cfg)
 
-    loop_cfg = train_cli.build_loop_config(
-        cfg,
-        args,
-        {
-            "data_path": setup["data_path"],
-            "shuffle_buffer": data.shuffle_buffer_size(args.shuffle, int(cfg.train.batch_size)),
-            "torch_threads": setup["torch_threads"],
-            "deadline_unix": started + 60 * setup["minutes"] if setup["minutes"] else None,
-            "mlflow_uri": setup["mlflow_uri"],
-            "mlflow_run_id": run_id,
-            "fail_once_marker": "",
-        },
+    run = run.replace(
+        shuffle_buffer=data.shuffle_buffer_size(run.shuffle, run.global_batch),
+        torch_threads=setup["torch_threads"],
+        deadline_unix=started + 60 * setup["minutes"] if setup["minutes"] else None,
+        mlflow_uri=setup["mlflow_uri"],
+        mlflow_run_id=run_id,
     )
     summary = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(params.items()))
     say(f"[tune] trial {trial_id} starts: {summary}")
-    train_dataset = data.build_train_dataset(setup["data_path"], args.shuffle, setup["cache"])
+    train_dataset = data.build_train_dataset(run.data_path, run.shuffle, setup["cache"])
     result = trainer.fit(
-        loop_cfg,
-        train_dataset,
-        args,
-        train_storage,
-        name,
-        setup["cpus_per_worker"],
-        setup["use_gpu"],
-        callbacks=[TuneReportCallback()],
+        run, train_dataset, setup["cpus_per_worker"], setup["use_gpu"], callbacks=[TuneReportCallback()]
     )
     outcome = result.return_value or {}
     if result.error is not None or outcome.get("abort_reason"):
@@ -372,8 +372,8 @@ def _run(args: argparse.Namespace) -> int:
     setup = {
         "base_config": trial_base.to_dict(),
         "prediction_types": tune_space.allowed_prediction_types(space, trial_base.to_dict()),
-        "train_argv": _train_argv(args, data_path, plan["val_every"]),
-        "train_storage": f"{exp_dir}/train_runs",
+        "base_run": _base_run(args, trial_base, data_path, exp_dir, plan["val_every"]).to_dict(),
+        "preset": args.preset,
         "data_path": data_path,
         "manifest": manifest,
         "mlflow_uri": mlflow_uri,

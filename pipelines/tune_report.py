@@ -260,7 +260,7 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     client = MlflowClient()
     experiment_id = client.get_run(parent_id).info.experiment_id
     for row in rows:
-        run_dir = f"{setup['train_storage']}/trial-{row['trial']}"
+        run_dir = f"{setup['base_run']['storage']}/trial-{row['trial']}"
         child_id, _ = registry.find_or_create_run(experiment_id, run_dir, f"trial-{row['trial']}")
         row["mlflow_run_id"] = child_id
         child = client.get_run(child_id)

@@ -73,28 +73,66 @@ def _prediction_masks(prediction: Any) -> np.ndarray:
     raise AttributeError(f"LayerPrediction has no mask field: {sorted(vars(prediction))}")
 
 
+VAL_BATCH = 32  # teacher-forced samples per forward
+VAL_SAMPLES = 128  # teacher-forced samples scored (loss and IoU per layer)
+VAL_MAX_STEPS = 25  # validation samples with at most this many denoising steps
+
+
+def validation_sampler(sampler: Any) -> dict[str, Any]:
+    """Sampler overrides for validation inside training: none when the preset's sampler is cheap
+    (at most ``VAL_MAX_STEPS`` steps); else deterministic DDIM with ``VAL_MAX_STEPS`` steps (``paper``'s
+    DDPM-1000 would cost 40x the training step budget per validation). Evaluation keeps the preset's."""
+    if sampler.name == "ddpm" or sampler.steps > VAL_MAX_STEPS:
+        return {"name": "ddim", "steps": VAL_MAX_STEPS, "eta": 0.0}
+    return {}
+
+
+def free_running_summary(
+    segmenter: Any, scenes: list, seed: int = 0, sampler_overrides: dict | None = None
+) -> tuple[dict[str, float], list]:
+    """Segment ``scenes`` free-running (sampler ``seed``) and score them with ``metrics_report`` (the
+    definitions of ``evaluate.py``); returns the summary and the per-scene results."""
+    from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
+
+    images = np.stack([scene.image for scene in scenes])
+    results = segmenter.segment(images, seed=seed, **(sampler_overrides or {}))
+    acc = MetricsAccumulator()
+    for scene, result in zip(scenes, results, strict=True):
+        truth = ObjectsTruth(scene.amodal_masks, scene.visible_masks, scene.occlusion_edges)
+        acc.add(
+            score_image(
+                scene.layer_masks,
+                result.layer_masks,
+                objects_truth=truth if scene.has_instances else None,
+                unet_passes=result.unet_passes,
+            )
+        )
+    return acc.summary(), results
+
+
 class Validator:
     """Holds a fixed val subset and an eval copy of the model; ``run`` returns metrics for Ray/MLflow."""
 
-    def __init__(self, data_path: str, cfg: Any, device: torch.device, loop_cfg: dict[str, Any]) -> None:
+    def __init__(self, run: Any, device: torch.device) -> None:
+        """``run``: the ``RunConfig`` (its data, model config and ``val_scenes``/``val_free_scenes``)."""
         from sas_model.model import SASModel
         from synth.reader import iter_scenes, scene_to_samples
 
         self.device = device
-        self.batch_size = int(loop_cfg.get("val_batch", 32))
-        self.sampler_overrides = dict(loop_cfg.get("val_sampler_overrides") or {})
-        scenes = list(islice(iter_scenes(data_path, split="val"), int(loop_cfg.get("val_scenes", 16))))
+        self.batch_size = VAL_BATCH
+        self.sampler_overrides = validation_sampler(run.model.sampler)
+        scenes = list(islice(iter_scenes(run.data_path, split="val"), run.val_scenes))
         if not scenes:
             say("[train] warning: the dataset has no 'val' split; validation is skipped")
         self.scenes = scenes
-        self.free_scenes = scenes[: int(loop_cfg.get("val_free_scenes", 4))]
+        self.free_scenes = scenes[: run.val_free_scenes]
         samples = [s for scene in scenes for s in scene_to_samples(scene)]
-        limit = int(loop_cfg.get("val_samples", 128))
+        limit = VAL_SAMPLES
         self.samples = samples[:limit]
         self.terminal = [k == scene.num_layers for scene in scenes for k in range(scene.num_layers + 1)][
             :limit
         ]
-        self.eval_model = SASModel(cfg).to(device).eval()
+        self.eval_model = SASModel(run.model).to(device).eval()
         self.out_dir = Path(tempfile.mkdtemp(prefix="sas-val-"))
 
     def _batches(self):
@@ -143,26 +181,12 @@ class Validator:
     def _free_running(self, segmenter: Any, step: int, logger: Any) -> dict[str, float]:
         """The free-running segmenter on ``free_scenes``, scored by ``metrics_report`` (the same
         definitions as ``evaluate.py``), plus an overlay sheet of the first 8."""
-        from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
-
-        images = np.stack([scene.image for scene in self.free_scenes])
-        results = segmenter.segment(images, seed=0, **self.sampler_overrides)
-        acc, rows = MetricsAccumulator(), []
-        for scene, result in zip(self.free_scenes, results, strict=True):
-            truth = ObjectsTruth(scene.amodal_masks, scene.visible_masks, scene.occlusion_edges)
-            acc.add(
-                score_image(
-                    scene.layer_masks,
-                    result.layer_masks,
-                    objects_truth=truth if scene.has_instances else None,
-                    unet_passes=result.unet_passes,
-                )
-            )
-            if len(rows) < 8:
-                layers = np.asarray(scene.layer_masks).astype(bool)
-                overlay = np.asarray(result.render_overlay(scene.image))
-                rows.append([scene.image, tint_layers(scene.image, layers), overlay])
-        summary = acc.summary()
+        summary, results = free_running_summary(segmenter, self.free_scenes, 0, self.sampler_overrides)
+        rows = []
+        for scene, result in zip(self.free_scenes[:8], results, strict=False):
+            layers = np.asarray(scene.layer_masks).astype(bool)
+            overlay = np.asarray(result.render_overlay(scene.image))
+            rows.append([scene.image, tint_layers(scene.image, layers), overlay])
         metrics = {
             f"val/iou_free/layer{k}": summary[f"iou_free/layer{k}"]
             for k in range(8)

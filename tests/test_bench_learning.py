@@ -31,3 +31,19 @@ def test_minimal_mode_reports_baselines_and_resumes(tmp_path, capsys):
     assert "resumed from" in out and "at step 2" in out
     rows = [json.loads(line) for line in (tmp_path / "c").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_render_workers_give_the_same_samples_in_the_same_order():
+    import torch
+
+    from synth.families import family_config
+
+    render = family_config("flat", 32)
+    inline = bench_learning.SampleStream(0, render, buffer=300)
+    parallel = bench_learning.SampleStream(0, render, buffer=300, workers=2)
+    try:
+        for _ in range(4):
+            a, b = inline.batch(64), parallel.batch(64)
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        parallel.close()

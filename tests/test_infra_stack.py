@@ -202,7 +202,7 @@ def test_mlflow_server_down_during_training_buffers_metrics_and_sends_them_later
     uri = live["urls"]["mlflow"]
     experiment_id = common.setup_mlflow(uri, "outage")
     run_id = MlflowClient(uri).create_run(experiment_id).info.run_id
-    logger = RankZeroLogger({"mlflow_run_id": run_id, "mlflow_uri": uri}, enabled=True)
+    logger = RankZeroLogger(uri, run_id, enabled=True)
     logger.metrics(1, {"train/loss": 1.0})
 
     assert stack._stop(live["state"]["services"]["mlflow"]) > 0  # the server goes down

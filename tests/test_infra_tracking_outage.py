@@ -20,7 +20,7 @@ def test_unreachable_server_costs_no_time_and_metrics_arrive_later(tmp_path, cap
     store = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     run_id = store.create_run(store.create_experiment("outage")).info.run_id
     down = f"http://127.0.0.1:{free_port()}"
-    logger = RankZeroLogger({"mlflow_run_id": run_id, "mlflow_uri": down}, enabled=True)
+    logger = RankZeroLogger(down, run_id, enabled=True)
 
     started = time.monotonic()
     for step in (1, 2, 3):

@@ -9,19 +9,23 @@ import pytest
 from pipelines import main_job
 
 
-def test_model_uri_is_the_version_this_run_registered() -> None:
+def test_model_uri_is_the_version_this_run_registered(tmp_path) -> None:
+    result = tmp_path / "train.json"
     done = {"model_uri": "models:/m-1", "name": "sas", "version": "3", "checkpoint": "/runs/x/ckpt"}
-    lines = ["[train] step 10/20 ...", "[train] done: " + json.dumps(done)]
-    assert main_job.trained_model_uri(lines, "sas") == "models:/sas/3"
+    result.write_text(json.dumps({"status": "trained", **done}))
+    assert main_job.trained_model_uri(result, "sas") == "models:/sas/3"
 
 
-def test_unregistered_run_falls_back_to_its_checkpoint_then_to_the_champion() -> None:
-    done = {"model_uri": "runs:/abc/model", "checkpoint": "/runs/x/ckpt"}
-    assert main_job.trained_model_uri(["[train] done: " + json.dumps(done)], "sas") == "/runs/x/ckpt"
-    # a rerun of a finished run trains nothing and prints no summary
-    assert (
-        main_job.trained_model_uri(["[train] run 'x' had already finished"], "sas") == "models:/sas@champion"
+def test_unregistered_run_falls_back_to_its_checkpoint_then_to_the_champion(tmp_path) -> None:
+    result = tmp_path / "train.json"
+    result.write_text(
+        json.dumps({"status": "trained", "model_uri": "runs:/abc/model", "checkpoint": "/runs/x"})
     )
+    assert main_job.trained_model_uri(result, "sas") == "/runs/x"
+    # a rerun of a finished run trains nothing: its result says so
+    result.write_text(json.dumps({"status": "already_complete", "step": 20}))
+    assert main_job.trained_model_uri(result, "sas") == "models:/sas@champion"
+    assert main_job.trained_model_uri(tmp_path / "missing.json", "sas") == "models:/sas@champion"
 
 
 def test_a_failing_stage_exits_with_its_code_and_one_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -103,7 +103,11 @@ def _reported_steps(client, run) -> list[int]:
 
 
 def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
-    assert _train(env, "--steps", "6", "--ckpt-every", "3", "--val-every", "3") == 0
+    result_file = Path(env["storage"]) / "train-result.json"
+    assert (
+        _train(env, "--steps", "6", "--ckpt-every", "3", "--val-every", "3", "--result", str(result_file))
+        == 0
+    )
 
     run_dir = Path(env["storage"]) / "sas-tiny"
     checkpoint = _latest_checkpoint(run_dir)
@@ -143,10 +147,11 @@ def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
 
     champion = client.get_model_version_by_alias("sas", "champion")
     assert str(champion.version) == "1" and champion.run_id == run.info.run_id
+    result = json.loads(result_file.read_text())  # the stage result a pipeline reads
+    assert result["status"] == "trained" and str(result["version"]) == "1" and result["step"] == 6
+    assert result["run_id"] == run.info.run_id and Path(result["checkpoint"]) == checkpoint
 
     # lineage: the dataset is the run's input (mlflow.log_input) and the version carries its digest
-    import json
-
     from pipelines.lineage import manifest_digest
 
     manifest = json.loads((Path(env["data"]) / "manifest.json").read_text())

@@ -165,3 +165,63 @@ def test_schedule_step_follows_the_wall_clock_budget_when_it_runs_ahead() -> Non
     assert schedule_step(10, 1000, now - 50, now + 50) == 500  # half the time gone: half the schedule
     assert schedule_step(900, 1000, now - 50, now + 50) == 900  # steps ahead of the clock win
     assert schedule_step(10, 1000, now - 500, now - 1) == 1000  # past the deadline: the floor
+
+
+def test_validation_samples_cheaply_whatever_the_preset():
+    from pipelines.validate import validation_sampler
+    from sas_model.config import ModelConfig
+
+    assert validation_sampler(ModelConfig.preset("tiny").sampler) == {}  # DDIM-5: as it is
+    assert validation_sampler(ModelConfig.preset("paper").sampler) == {
+        "name": "ddim",
+        "steps": 25,
+        "eta": 0.0,
+    }
+
+
+class _Toy(torch.nn.Module):
+    """A model with the SASModel forward signature: loss = mean((w * image)^2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, image, cumulative_mask, layer_mask, foreground, occlusion, layer_index):
+        return (self.w * image.float()).pow(2).mean(), {"toy": 1.0}
+
+
+def _toy_batch() -> dict[str, torch.Tensor]:
+    from pipelines.optim import MODEL_INPUTS
+
+    return {name: torch.ones(2, 4, 4) for name in MODEL_INPUTS}
+
+
+def test_train_step_updates_model_and_ema_and_skips_non_finite_losses():
+    from pipelines.optim import TrainStep, make_optimizer
+
+    model = _Toy()
+    ema = EMA(model, 0.5)
+    step = TrainStep(model, make_optimizer(model, 0.1, 0.0), ema, torch.device("cpu"), "fp32", 1.0)
+    result = step(_toy_batch(), lr=0.1)
+    assert result.finite and result.logs == {"toy": 1.0} and float(result.loss) == 1.0
+    assert float(model.w) < 1.0 and ema.num_updates == 1  # AdamW moved w; the EMA followed
+    before = float(model.w)
+    skipped = step(_toy_batch(), lr=0.1, poison=True)
+    assert not skipped.finite and float(model.w) == before and ema.num_updates == 1
+    assert step.optimizer.param_groups[0]["lr"] == 0.1 and step.precision_label() == "fp32"
+
+
+def test_bad_step_policy_aborts_after_max_in_a_row_and_meter_skips_the_start_up_window():
+    from pipelines.train_loop import BadSteps, ThroughputMeter
+
+    bad = BadSteps(3)
+    assert bad.skipped(5, rank=1) == "" and bad.skipped(5, rank=1) == ""
+    assert "3 steps in a row at step 5" in bad.skipped(5, rank=1)
+    meter = ThroughputMeter()
+    meter.step(2.0, 32)
+    meter.step(4.0, 32)
+    first = meter.close(lr=0.1, grad_norm=1.0, epoch=0)
+    assert first["train/loss"] == 3.0 and meter.steady()["steady_samples_per_s"] is None
+    meter.step(1.0, 32)
+    meter.close(lr=0.1, grad_norm=1.0, epoch=0)
+    assert meter.steady()["steady_samples_per_s"] > 0  # only windows after the first count

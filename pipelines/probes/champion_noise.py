@@ -1,0 +1,82 @@
+"""How noisy is the champion metric? Spread of ``val/miou_free`` over reseeded validations.
+
+For each subset size N (the ``--val-free-scenes`` a training run validates on), ``--draws`` times: N
+val scenes drawn at random (seeded) from the first ``--pool`` and the sampler reseeded, then the
+free-running segmenter scored exactly as validation does (``pipelines.validate.free_running_summary``).
+The standard deviation over draws is the noise a champion decision at that N has to beat::
+
+    python pipelines/probes/champion_noise.py --model runs/main-tiny-flat --data data/main-flat \\
+        --sizes 4 16 64 --draws 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pipelines.validate import free_running_summary  # noqa: E402
+from sas_model.checkpoint import load_model  # noqa: E402
+from sas_model.segmenter import SequentialSegmenter  # noqa: E402
+from synth.reader import iter_scenes  # noqa: E402
+
+KEYS = ("miou_free", "iou_free/layer0", "pair_order", "layer_count_acc")
+
+
+def newest_checkpoint(path: Path) -> Path:
+    """``path`` if it holds a checkpoint, else its newest ``checkpoint_*`` folder."""
+    if (path / "config.json").exists():
+        return path
+    found = sorted(p for p in path.glob("checkpoint_*") if (p / "config.json").exists())
+    if not found:
+        raise SystemExit(f"error: no checkpoint in {path}; pass a checkpoint folder or a run folder")
+    return found[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", required=True, help="checkpoint folder, or a run folder (newest checkpoint)")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[4, 16, 64])
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--pool", type=int, default=256, help="val scenes the subsets are drawn from")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    checkpoint = newest_checkpoint(Path(args.model))
+    segmenter = SequentialSegmenter(load_model(checkpoint, use_ema=True, device="cpu"), device="cpu")
+    pool = list(islice(iter_scenes(args.data, split="val"), args.pool))
+    print(f"[noise] {checkpoint}, {len(pool)} val scenes in the pool", flush=True)
+    rows = []
+    for size in args.sizes:
+        values: dict[str, list[float]] = {k: [] for k in KEYS}
+        for draw in range(args.draws):
+            pick = np.random.default_rng(draw).choice(len(pool), size=min(size, len(pool)), replace=False)
+            summary, _ = free_running_summary(segmenter, [pool[i] for i in sorted(pick)], seed=draw)
+            for key in KEYS:
+                if key in summary:
+                    values[key].append(float(summary[key]))
+        row = {"scenes": size, "draws": args.draws}
+        for key, vals in values.items():
+            if vals:
+                row[key] = {
+                    "mean": round(float(np.mean(vals)), 4),
+                    "std": round(float(np.std(vals, ddof=1)), 4),
+                }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""The run configuration: built once, validated once, a dict round trip for the workers, no secrets
+in its params, and trials derived with ``replace``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipelines import train
+from pipelines.run_config import RunConfig
+from sas_model.config import ModelConfig
+
+
+def _run(**changes) -> RunConfig:
+    return RunConfig(model=ModelConfig.preset("tiny"), data_path="data/x", name="r", **changes).validate()
+
+
+def test_round_trip_through_a_json_dict_rebuilds_the_same_run():
+    run = _run(workers=2, minutes=3.0, mlflow_uri="http://user:secret@mlflow:5000", deadline_unix=12.5)
+    data = json.loads(json.dumps(run.to_dict()))  # what a Ray Train worker receives
+    assert RunConfig.from_dict(data) == run
+    assert run.steps == run.model.train.max_steps and run.per_worker_batch == run.global_batch // 2
+
+
+def test_params_hold_the_choices_and_no_launch_facts_or_credentials():
+    params = _run(mlflow_uri="http://user:secret@mlflow:5000", mlflow_run_id="abc").params()
+    assert params["run.workers"] == 1 and params["run.val_free_scenes"] == 64
+    assert not any("secret" in str(v) for v in params.values())
+    assert "run.mlflow_uri" not in params and "run.deadline_unix" not in params
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"workers": 0}, "--workers must be at least 1"),
+        ({"workers": 3}, "not divisible by --workers 3"),
+        ({"shuffle": "random"}, "--shuffle 'random'"),
+        ({"minutes": 0.0}, "--minutes must be positive"),
+        ({"keep": 0}, "--keep must be at least 1"),
+    ],
+)
+def test_bad_values_are_refused_with_one_line_naming_the_flag(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _run(**changes)
+
+
+def test_trials_derive_their_run_with_replace():
+    base = _run(val_every=5)
+    trial = base.replace(name="trial-1", model_overrides={"train.lr": 1e-3})
+    assert trial.model.train.lr == 1e-3 and trial.val_every == 5 and base.model.train.lr != 1e-3
+
+
+def test_train_cli_builds_the_run_once_from_its_flags():
+    args = train.build_parser().parse_args(
+        ["--data", "d", "--workers", "2", "--steps", "7", "--val-every", "0", "--set", "train.lr=0.01"]
+    )
+    run = train.build_run_config(args, "/abs/d", "/abs/runs")
+    assert (run.steps, run.workers, run.val_every, run.model.train.lr) == (7, 2, 0, 0.01)
+    assert (run.name, run.storage, run.data_path) == ("sas-tiny", "/abs/runs", "/abs/d")
+    bad = train.build_parser().parse_args(["--data", "d", "--workers", "3"])
+    with pytest.raises(train.UserError, match="not divisible"):
+        train.build_run_config(bad, "d", "runs")
