@@ -14,8 +14,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipelines.eval_report import figure_png
+from pipelines import tune_space
+from pipelines.common import fail, flatten_dict
 from pipelines.files import write_bytes_atomic, write_text_atomic
+
+STATUS_TAG = "sas.tune_status"  # on each trial's MLflow run: completed, stopped_early, error, not_run
 
 TRIAL_COLUMNS = [
     ("rank", "rank"),
@@ -141,6 +144,8 @@ def plot_curves(histories: list[dict[str, Any]], metric: str, path: str | Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipelines.eval_report import figure_png  # numpy and matplotlib only when plotting
+
     colours = {
         "linear": "tab:blue",
         "cosine": "tab:orange",
@@ -177,15 +182,11 @@ def plot_curves(histories: list[dict[str, Any]], metric: str, path: str | Path, 
 
 # ---- the end of a search ----------------------------------------------------------------------
 def _flat_config(cfg: Any) -> dict[str, Any]:
-    from pipelines.common import flatten_dict
-
     return flatten_dict(cfg.to_dict())
 
 
 def trial_rows(results: Any, setup: dict[str, Any], metric: str) -> tuple[list[dict], list[dict]]:
     """``(rows, histories)`` from a Tune ``ResultGrid``: one table row and one metric curve per trial."""
-    from pipelines import tune_space
-
     rows, histories = [], []
     max_steps = int(setup["base_config"]["train"]["max_steps"])
     for result in results:
@@ -232,9 +233,7 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     """Write the report (table, ranking, plot, best preset), close the MLflow runs, optionally register."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines import registry, tune_space
-    from pipelines.common import fail
-    from pipelines.tune import STATUS_TAG
+    from pipelines import registry
 
     metric = args.metric
     rows, histories = trial_rows(results, setup, metric)
