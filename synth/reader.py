@@ -216,8 +216,6 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
     occlusion maps, targets of the occlusion-cue module), ``layer_index`` int64[B], ``is_terminal``
     bool[B], ``scene_id`` int64[B].
     """
-    from synth.schema import decode_scene
-
     samples: list[Sample] = []
     terminal: list[bool] = []
     ids: list[int] = []

@@ -23,7 +23,7 @@ import numpy as np
 from synth.cli import UserError, one_line
 from synth.families import family_of
 from synth.reader import MANIFEST_NAME, _join, open_filesystem
-from synth.render import RenderConfig, render_block
+from synth.render import GENERATOR_VERSION, RenderConfig, render_block
 from synth.schema import (
     ARROW_SCHEMA,
     SCHEMA_VERSION,
@@ -63,8 +63,6 @@ class JobConfig:
         return start, min(self.n, start + self.shard_size)
 
     def to_dict(self) -> dict:
-        from synth.render import GENERATOR_VERSION
-
         return {
             "schema_version": SCHEMA_VERSION,
             "generator_version": GENERATOR_VERSION,
