@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.augment import FLIP_FIELDS, perturb_cumulative_mask  # noqa: E402
+from pipelines.common import parse_override  # noqa: E402
 from pipelines.optim import EMA, TrainStep, lr_at, make_optimizer  # noqa: E402
 from sas_model.checkpoint import save_checkpoint  # noqa: E402
 from sas_model.config import ModelConfig  # noqa: E402
@@ -52,18 +53,6 @@ from synth.reader import Sample, collate_samples, scene_to_samples  # noqa: E402
 from synth.render import RenderConfig, render_scenes  # noqa: E402
 
 VAL_START = 10_000_000  # val scenes come from ids far from the training ids
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as JSON when they parse)."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 CHUNK = 256  # scenes rendered per task
@@ -279,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     cfg = ModelConfig.load(args.preset) if args.preset.endswith(".json") else ModelConfig.preset(args.preset)
-    cfg = cfg.replace(**parse_overrides(args.set))
+    cfg = cfg.replace(**dict(parse_override(item) for item in args.set))
     if args.batch:
         cfg = cfg.replace(**{"train.batch_size": args.batch})
     render = family_config(args.family, cfg.image_size)

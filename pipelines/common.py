@@ -1,28 +1,26 @@
-"""Shared helpers for the Ray entrypoints: environment defaults, Ray/MLflow connection, CLI parsing.
+"""Shared helpers for the Ray entrypoints: environment defaults, MLflow connection, ``--set`` parsing.
 
-Two runtime modes, chosen from the environment and never from code edits:
+The pieces ``synth``'s command lines need as well live in ``synth`` and are imported from here by the
+``pipelines`` entry points: ``UserError``, ``fail`` and number parsing (``synth.cli``), Ray start-up
+in embedded or cluster mode (``synth.ray_runtime.init_ray``).
 
-- **embedded** (no cluster configured): ``ray.init()`` starts a local Ray; MLflow writes to
-  ``./mlruns/mlflow.db`` (SQLite, with the model registry) and ``./mlruns/artifacts``.
-- **cluster**: ``RAY_ADDRESS`` is set, or the script runs as a ``ray job submit`` entrypoint (Ray
-  then sets ``RAY_JOB_CONFIG_JSON_ENV_VAR`` and ``RAY_ADDRESS`` for the driver). The driver connects
-  to the running cluster. Under ``ray job submit --working-dir .`` the job's runtime env already
-  ships the repository to every worker; when a plain ``python`` driver connects through
-  ``RAY_ADDRESS`` instead, ``init_ray`` ships ``synth``, ``sas_model`` and ``pipelines`` as
-  ``py_modules`` so that workers on other nodes can import them.
+MLflow tracks to ``--mlflow-uri``, else ``MLFLOW_TRACKING_URI``, else ``./mlruns/mlflow.db`` (SQLite,
+with the model registry) with artifacts in ``./mlruns/artifacts``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import os
-import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from pipelines.progress import interactive
+from synth.cli import UserError, fail, parse_number, parse_positive_float  # noqa: F401 - re-exported
+from synth.ray_runtime import init_ray  # noqa: F401 - re-exported
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = ("synth", "sas_model", "pipelines")
 DEFAULT_MLFLOW_DIR = "mlruns"
 DEFAULT_EXPERIMENT = "sas"
 
@@ -36,60 +34,17 @@ ENV_DEFAULTS = {
 }
 
 
-class UserError(Exception):
-    """An error the user caused and can fix; reported as one line, without a traceback."""
-
-
 def apply_env_defaults() -> None:
     """Set the quiet/no-telemetry environment defaults without overriding user settings."""
-    from pipelines.progress import interactive
-
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     if not interactive():  # Ray Data's own bars only on a terminal, never in logs or under CI=true
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print ``error: <message>`` as one line on stderr and exit with ``code`` (no traceback)."""
-    first_line = " ".join(str(message).split())
-    print(f"error: {first_line}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
-
-
-def parse_number(text: str | int | float) -> int:
-    """Parse a count written as ``1000``, ``1e5``, ``2.5e3`` or ``10_000`` into an int.
-
-    Raises ``argparse.ArgumentTypeError`` for anything that is not a whole non-negative number.
-    """
-    if isinstance(text, int):
-        value = float(text)
-    else:
-        try:
-            value = float(str(text).replace("_", ""))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not math.isfinite(value) or value < 0 or value != int(value):
-        raise argparse.ArgumentTypeError(f"expected a whole non-negative number, got {text!r}")
-    return int(value)
-
-
-def parse_positive_float(text: str) -> float:
-    """Parse a strictly positive float (``--minutes 0.5``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def parse_value(raw: str) -> Any:
     """Parse a ``--set`` value: JSON (``3``, ``1e-4``, ``[1,2]``, ``"x"``), ``true/false/none``,
     ``1,2,3`` as a list, else the raw string. ``1e5`` (no decimal point) becomes the int 100000."""
-    import json
-
     text = raw.strip()
     try:
         value: Any = json.loads(text)
@@ -136,41 +91,6 @@ def training_parser(doc: str, preset_help: str, set_help: str) -> argparse.Argum
         help=set_help,
     )
     return p
-
-
-def in_ray_job() -> bool:
-    """True when this process is the entrypoint of a ``ray job submit`` job."""
-    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-
-
-def cluster_mode() -> bool:
-    """True when a Ray cluster is configured (``RAY_ADDRESS`` or a job entrypoint)."""
-    return bool(os.environ.get("RAY_ADDRESS")) or in_ray_job()
-
-
-def project_runtime_env() -> dict[str, Any]:
-    """Runtime env that lets remote workers import the project's packages (``py_modules``)."""
-    return {"py_modules": [str(REPO_ROOT / name) for name in PROJECT_PACKAGES]}
-
-
-def init_ray(num_cpus: int | None = None, quiet: bool = True) -> str:
-    """Start or connect to Ray; returns ``"embedded"`` or ``"cluster"``.
-
-    Already-initialised Ray (tests call ``ray.init(address="local", ...)`` themselves) is reused.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return "cluster" if cluster_mode() else "embedded"
-    log_level = "WARNING" if quiet else "INFO"
-    if in_ray_job():
-        ray.init(logging_level=log_level)  # the job's runtime env (working_dir) applies to workers
-        return "cluster"
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=project_runtime_env(), logging_level=log_level)
-        return "cluster"
-    ray.init(address="local", num_cpus=num_cpus, logging_level=log_level)
-    return "embedded"
 
 
 def resolve_mlflow_uri(flag: str | None = None, base_dir: str | Path = ".") -> str:

@@ -129,8 +129,8 @@ def safe_name(label: str) -> str:
 def overlay_sheet_png(strips: dict[str, dict[int, bytes]], rows: int) -> bytes | None:
     """One row per scene: image | truth, then per model: prediction | uncertainty (first ``rows`` scenes
     that every model scored)."""
-    from pipelines.validate import overlay_sheet
     from sas_model.codec import decode_png, encode_png
+    from sas_model.overlay import overlay_sheet
 
     common = sorted(set.intersection(*(set(s) for s in strips.values())))[:rows] if strips else []
     if not common:

@@ -17,13 +17,15 @@ not exist, resolves the original name again from the tracking server.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.common import UserError
-from sas_model.config import PRECISIONS  # no torch import: the CLIs' --help stays fast
+from sas_model.config import PRECISIONS, ModelConfig  # no torch import: the CLIs' --help stays fast
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 SAMPLER_FLAGS = {
@@ -115,8 +117,6 @@ def _download(uri: str, tracking_uri: str | None, cache_dir: str | None) -> Path
     from mlflow.exceptions import MlflowException
 
     if tracking_uri:
-        import os
-
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI", tracking_uri))
     destination = tempfile.mkdtemp(prefix="sas-model-", dir=cache_dir)
@@ -149,10 +149,7 @@ def load_source_segmenter(source: ModelSource, device: str | None = None) -> Any
 
 def model_summary(source: ModelSource) -> dict[str, Any]:
     """Config facts worth printing and logging: preset name, mode, C_k input, sampler defaults, step."""
-    import json
-
     from sas_model.checkpoint import load_meta
-    from sas_model.config import ModelConfig
 
     cfg = ModelConfig.load(Path(source.checkpoint_dir) / "config.json")
     meta = load_meta(source.checkpoint_dir)
@@ -212,7 +209,6 @@ def check_sampler_overrides(source: ModelSource, overrides: dict[str, Any]) -> N
     """Fail with one line when the overrides do not fit the model (e.g. more steps than timesteps)."""
     import torch
 
-    from sas_model.config import ModelConfig
     from sas_model.precision import autocast_dtype
 
     cfg = ModelConfig.load(Path(source.checkpoint_dir) / "config.json")

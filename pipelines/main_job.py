@@ -29,6 +29,7 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from pipelines import common  # noqa: E402
+from pipelines.files import write_bytes_atomic  # noqa: E402
 
 REPO_ROOT = common.REPO_ROOT
 # The main job's recipe (docs/RESULTS.md, "Round 4"): the family where the model learns order within
@@ -150,9 +151,7 @@ def export_test_images(data: str, out_dir: Path, count: int) -> Path:
             break
         target = out_dir / f"scene-{scene.scene_id:08d}.png"
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(encode_png(scene.image))
-            tmp.replace(target)
+            write_bytes_atomic(target, encode_png(scene.image))
     return out_dir
 
 

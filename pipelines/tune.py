@@ -46,13 +46,13 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines import common, tune_space
+from pipelines import common, tune_report, tune_space
 from pipelines.common import UserError
 from pipelines.run_config import RunConfig
+from pipelines.tune_report import STATUS_TAG
 
 SEARCH_TAG = "sas.tune_dir"
 TRIAL_TAG = "sas.tune_trial"
-STATUS_TAG = "sas.tune_status"
 SEARCH_STATE_FILE = "sas_tune.json"
 # The trial function only waits on its TorchTrainer, so it holds no CPU: a fractional CPU would leave
 # Ray Data less than the whole CPU its read task and footer-reader actor each need to be scheduled
@@ -431,8 +431,6 @@ def _run(args: argparse.Namespace) -> int:
             flush=True,
         )
         return 3
-
-    from pipelines import tune_report
 
     return tune_report.finish(
         results, args, space, plan, setup, preset_base, name, exp_dir, out_dir, parent_id

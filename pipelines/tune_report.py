@@ -11,10 +11,14 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from pipelines import tune_space
+from pipelines.common import fail, flatten_dict
+from pipelines.files import write_bytes_atomic, write_text_atomic
+
+STATUS_TAG = "sas.tune_status"  # on each trial's MLflow run: completed, stopped_early, error, not_run
 
 TRIAL_COLUMNS = [
     ("rank", "rank"),
@@ -34,21 +38,6 @@ TRIAL_COLUMNS = [
     ("val/unet_passes", "unet_passes_per_image"),
     ("minutes", "minutes"),
 ]
-
-
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _number(value: Any) -> float | None:
@@ -155,6 +144,8 @@ def plot_curves(histories: list[dict[str, Any]], metric: str, path: str | Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipelines.eval_report import figure_png  # numpy and matplotlib only when plotting
+
     colours = {
         "linear": "tab:blue",
         "cosine": "tab:orange",
@@ -186,25 +177,16 @@ def plot_curves(histories: list[dict[str, Any]], metric: str, path: str | Path, 
     ax.grid(alpha=0.3)
     if labelled:
         ax.legend(title="beta schedule (dashed: stopped early)", fontsize=8, title_fontsize=8)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, figure_png(fig))
 
 
 # ---- the end of a search ----------------------------------------------------------------------
 def _flat_config(cfg: Any) -> dict[str, Any]:
-    from pipelines.common import flatten_dict
-
     return flatten_dict(cfg.to_dict())
 
 
 def trial_rows(results: Any, setup: dict[str, Any], metric: str) -> tuple[list[dict], list[dict]]:
     """``(rows, histories)`` from a Tune ``ResultGrid``: one table row and one metric curve per trial."""
-    from pipelines import tune_space
-
     rows, histories = [], []
     max_steps = int(setup["base_config"]["train"]["max_steps"])
     for result in results:
@@ -251,9 +233,7 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     """Write the report (table, ranking, plot, best preset), close the MLflow runs, optionally register."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines import registry, tune_space
-    from pipelines.common import fail
-    from pipelines.tune import STATUS_TAG
+    from pipelines import registry
 
     metric = args.metric
     rows, histories = trial_rows(results, setup, metric)
@@ -276,9 +256,9 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     out_dir.mkdir(parents=True, exist_ok=True)
     table_md = to_markdown(rows)
     ranking_md = to_markdown(ranking, SCHEDULE_COLUMNS)
-    atomic_write(out_dir / "trials.csv", to_csv(rows))
-    atomic_write(out_dir / "trials.md", f"# Search {name}: trials ({metric}, best first)\n\n{table_md}")
-    atomic_write(
+    write_text_atomic(out_dir / "trials.csv", to_csv(rows))
+    write_text_atomic(out_dir / "trials.md", f"# Search {name}: trials ({metric}, best first)\n\n{table_md}")
+    write_text_atomic(
         out_dir / "schedules.md", f"# Search {name}: beta schedules by best {metric}\n\n{ranking_md}"
     )
     plot_curves(histories, metric, out_dir / "miou_vs_steps.png", f"{name}: {metric} vs training steps")
@@ -296,7 +276,7 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     best_cfg = best_cfg.replace(name=f"tuned-{name}")
     best_cfg.validate()
     preset_path = out_dir / "best_preset.json"
-    atomic_write(preset_path, best_cfg.to_json() + "\n")
+    write_text_atomic(preset_path, best_cfg.to_json() + "\n")
     summary = {
         "search": name,
         "storage": exp_dir,
@@ -312,7 +292,7 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     }
     if args.register and best["checkpoint_path"]:
         summary["registered"] = _register(best, args, setup, metric)
-    atomic_write(out_dir / "best_trial.json", json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out_dir / "best_trial.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     client.log_artifacts(parent_id, str(out_dir), "report")
     for key in ("val/miou_free", "val/miou_tf", "val/loss", "val/unet_passes"):

@@ -30,6 +30,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipelines.common import parse_value
+from sas_model.config import ModelConfig
+
 KINDS = ("grid", "choice", "loguniform", "uniform", "fixed")
 MAX_CHECKED_COMBINATIONS = 20_000
 
@@ -80,8 +83,6 @@ def normalise_spec(key: str, spec: Any) -> dict[str, Any]:
 
 def parse_flag(text: str) -> tuple[str, dict[str, Any] | None]:
     """``--search KEY=SPEC`` -> ``(key, spec)``; an empty SPEC gives ``(key, None)`` (drop the key)."""
-    from pipelines.common import parse_value
-
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -156,8 +157,6 @@ def effective_params(params: dict[str, Any], allowed_types: list[str]) -> dict[s
 
 def trial_config(base_config: dict[str, Any], params: dict[str, Any], allowed_types: list[str]) -> Any:
     """``ModelConfig`` of one trial: the base preset with the (effective) sampled params."""
-    from sas_model.config import ModelConfig
-
     return ModelConfig.from_dict(base_config).replace(**effective_params(params, allowed_types))
 
 
@@ -182,8 +181,6 @@ def check_space(space: dict[str, Any], base_config: dict[str, Any]) -> int:
     Every key must be a config field; every combination of discrete values (continuous ranges at
     both ends) must pass ``ModelConfig.validate`` after the zero-SNR rule. Raises ``SpaceError``.
     """
-    from sas_model.config import ModelConfig
-
     if not space:
         raise SpaceError("the search space is empty; give --space FILE or --search KEY=SPEC")
     base = ModelConfig.from_dict(base_config)

@@ -25,44 +25,8 @@ import torch
 
 from pipelines.tracking import say
 from sas_model.metrics import mask_iou
+from sas_model.overlay import overlay_sheet, tint_layers
 from synth.reader import collate_samples
-
-LAYER_COLOURS = np.array(
-    [
-        [230, 25, 75],
-        [60, 180, 75],
-        [0, 130, 200],
-        [245, 130, 48],
-        [145, 30, 180],
-        [70, 240, 240],
-        [240, 50, 230],
-        [210, 245, 60],
-    ],
-    dtype=np.float32,
-)
-
-
-def tint_layers(image: np.ndarray, layer_masks: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Overlay layer masks bool[L,H,W] on image uint8[H,W,3], one colour per layer (front first)."""
-    out = image.astype(np.float32)
-    for k in range(layer_masks.shape[0] - 1, -1, -1):  # draw back layers first, front on top
-        mask = layer_masks[k].astype(bool)
-        out[mask] = (1 - alpha) * out[mask] + alpha * LAYER_COLOURS[k % len(LAYER_COLOURS)]
-    return out.clip(0, 255).astype(np.uint8)
-
-
-def overlay_sheet(rows: list[list[np.ndarray]], pad: int = 2, scale: int = 1) -> np.ndarray:
-    """Tile rows of equally sized uint8[H,W,3] panels (each enlarged ``scale``x) with white gaps."""
-    if scale > 1:
-        rows = [[panel.repeat(scale, axis=0).repeat(scale, axis=1) for panel in row] for row in rows]
-    height, width = rows[0][0].shape[:2]
-    ncols = max(len(r) for r in rows)
-    sheet = np.full((len(rows) * (height + pad) + pad, ncols * (width + pad) + pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, panel in enumerate(row):
-            y, x = pad + i * (height + pad), pad + j * (width + pad)
-            sheet[y : y + height, x : x + width] = panel[:height, :width, :3]
-    return sheet
 
 
 def _prediction_masks(prediction: Any) -> np.ndarray:

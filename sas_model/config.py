@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from sas_model.presets import PRESETS
+
 BETA_SCHEDULES = ("linear", "cosine", "sigmoid", "scaled_linear")
 PREDICTION_TYPES = ("epsilon", "x0", "v")
 MODES = ("diffusion", "deterministic")
@@ -165,12 +167,10 @@ class ModelConfig:
     # ---- presets -------------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
-        """``tiny`` | ``small`` | ``paper``."""
-        from sas_model.presets import PRESETS
-
+        """``tiny`` | ``small`` | ``paper`` (``sas_model/presets.py``)."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return PRESETS[name]()
+        return cls.from_dict(PRESETS[name])
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

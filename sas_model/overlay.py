@@ -1,4 +1,6 @@
-"""Pictures of a segmentation: layers tinted over the image, uncertainty as a heat map."""
+"""Pictures of a segmentation: layers tinted over the image, uncertainty as a heat map, sheets of
+panels. ``LAYER_COLOURS`` colours the layers of every prediction overlay (validation during training,
+evaluation, ``predict.py``, the served model, the demo)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,20 @@ def tint_layers(image: np.ndarray, layer_masks: np.ndarray, alpha: float = 0.55)
         mask = layer_masks[k].astype(bool)
         out[mask] = (1 - alpha) * out[mask] + alpha * LAYER_COLOURS[k % len(LAYER_COLOURS)]
     return out.clip(0, 255).astype(np.uint8)
+
+
+def overlay_sheet(rows: list[list[np.ndarray]], pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile rows of equally sized uint8[H,W,3] panels (each enlarged ``scale``x) with white gaps."""
+    if scale > 1:
+        rows = [[panel.repeat(scale, axis=0).repeat(scale, axis=1) for panel in row] for row in rows]
+    height, width = rows[0][0].shape[:2]
+    ncols = max(len(r) for r in rows)
+    sheet = np.full((len(rows) * (height + pad) + pad, ncols * (width + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, panel in enumerate(row):
+            y, x = pad + i * (height + pad), pad + j * (width + pad)
+            sheet[y : y + height, x : x + width] = panel[:height, :width, :3]
+    return sheet
 
 
 def heat_map(values: np.ndarray) -> np.ndarray:

@@ -15,142 +15,142 @@ border ownership from self-similarity features, pooled over each object by atten
 ``sas_model/occlusion.py``) is on in ``tiny`` and ``small``: it is what lets the model learn which
 objects are in front at all (docs/RESULTS.md, round 4). Every knob is a config field, so tuning
 never needs a code change.
+
+A preset is data: the nested dict of the fields it sets (``ModelConfig.to_dict`` layout; the other
+fields keep their defaults), built by ``ModelConfig.preset(name)`` through ``from_dict``, where an
+unknown key is an error.
 """
 
 from __future__ import annotations
 
-from sas_model.config import CueConfig, DiffusionConfig, ModelConfig, SamplerConfig, TrainConfig, UNetConfig
+from typing import Any
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "image_size": 64,
+    "unet": {
+        "base_channels": 32,
+        "channel_mults": (1, 2, 2),
+        "num_res_blocks": 1,
+        "attention_resolutions": (),
+        "mid_attention": True,
+        "num_head_channels": 32,
+        "stem_stride": 2,
+        "self_condition": False,
+    },
+    "diffusion": {
+        "prediction_type": "x0",
+        "beta_schedule": "linear",
+        "mask_scale": 1.0,
+        "mse_weight": 1.0,
+        "bce_weight": 1.0,
+        "dice_weight": 1.0,
+        "timestep_sampling": "high_noise",
+        "timestep_bias": 3.0,  # density ∝ t³: mostly the image-reading high-noise end
+        "foreground_weight": 1.0,
+    },
+    "sampler": {"name": "ddim", "steps": 5, "eta": 0.0, "ensemble_size": 3},
+    "train": {
+        "lr": 2e-3,
+        "batch_size": 32,
+        "warmup_steps": 50,
+        "max_steps": 5000,  # ~15 min on 2 cores with bf16 (0.18 s/step); a --minutes budget ends it sooner
+        "ema_decay": 0.995,
+        "ckpt_every": 250,
+        "val_every": 250,
+        "cmask_noise_p": 0.2,
+    },
+    "cues": {"enabled": True},
+}
 
 
-def _tiny() -> ModelConfig:
-    return ModelConfig(
-        name="tiny",
-        image_size=64,
-        unet=UNetConfig(
-            base_channels=32,
-            channel_mults=(1, 2, 2),
-            num_res_blocks=1,
-            attention_resolutions=(),
-            mid_attention=True,
-            num_head_channels=32,
-            stem_stride=2,
-            self_condition=False,
-        ),
-        diffusion=DiffusionConfig(
-            prediction_type="x0",
-            beta_schedule="linear",
-            mask_scale=1.0,
-            mse_weight=1.0,
-            bce_weight=1.0,
-            dice_weight=1.0,
-            timestep_sampling="high_noise",
-            timestep_bias=3.0,  # density ∝ t³: mostly the image-reading high-noise end
-            foreground_weight=1.0,
-        ),
-        sampler=SamplerConfig(name="ddim", steps=5, eta=0.0, ensemble_size=3),
-        train=TrainConfig(
-            lr=2e-3,
-            batch_size=32,
-            warmup_steps=50,
-            max_steps=5000,  # ~15 min on 2 cores with bf16 (0.18 s/step); a --minutes budget ends it sooner
-            ema_decay=0.995,
-            ckpt_every=250,
-            val_every=250,
-            cmask_noise_p=0.2,
-        ),
-        cues=CueConfig(enabled=True),
-    )
+SMALL: dict[str, Any] = {
+    "name": "small",
+    "image_size": 64,
+    "unet": {
+        "base_channels": 48,
+        "channel_mults": (1, 2, 2, 2),
+        "num_res_blocks": 2,
+        "attention_resolutions": (8,),
+        "mid_attention": True,
+        "num_head_channels": 32,
+        "stem_stride": 2,
+        "self_condition": True,
+    },
+    "diffusion": {
+        "prediction_type": "x0",
+        "beta_schedule": "linear",
+        "mask_scale": 1.0,
+        "mse_weight": 1.0,
+        "bce_weight": 1.0,
+        "dice_weight": 1.0,
+        "timestep_sampling": "high_noise",
+        "timestep_bias": 1.0,
+        "self_cond_prob": 0.5,
+        "foreground_weight": 1.0,
+    },
+    "sampler": {"name": "ddim", "steps": 10, "eta": 0.0, "ensemble_size": 3},
+    "train": {
+        "lr": 5e-4,
+        "batch_size": 32,
+        "warmup_steps": 100,
+        "max_steps": 4000,
+        "ema_decay": 0.999,
+        "ckpt_every": 500,
+        "val_every": 500,
+        "cmask_noise_p": 0.2,
+    },
+    "cues": {"enabled": True},
+}
 
 
-def _small() -> ModelConfig:
-    return ModelConfig(
-        name="small",
-        image_size=64,
-        unet=UNetConfig(
-            base_channels=48,
-            channel_mults=(1, 2, 2, 2),
-            num_res_blocks=2,
-            attention_resolutions=(8,),
-            mid_attention=True,
-            num_head_channels=32,
-            stem_stride=2,
-            self_condition=True,
-        ),
-        diffusion=DiffusionConfig(
-            prediction_type="x0",
-            beta_schedule="linear",
-            mask_scale=1.0,
-            mse_weight=1.0,
-            bce_weight=1.0,
-            dice_weight=1.0,
-            timestep_sampling="high_noise",
-            timestep_bias=1.0,
-            self_cond_prob=0.5,
-            foreground_weight=1.0,
-        ),
-        sampler=SamplerConfig(name="ddim", steps=10, eta=0.0, ensemble_size=3),
-        train=TrainConfig(
-            lr=5e-4,
-            batch_size=32,
-            warmup_steps=100,
-            max_steps=4000,
-            ema_decay=0.999,
-            ckpt_every=500,
-            val_every=500,
-            cmask_noise_p=0.2,
-        ),
-        cues=CueConfig(enabled=True),
-    )
+PAPER: dict[str, Any] = {
+    "name": "paper",
+    "image_size": 64,
+    "unet": {
+        "base_channels": 128,
+        "channel_mults": (1, 2, 3, 4),
+        "num_res_blocks": 2,
+        "attention_resolutions": (16,),
+        "mid_attention": True,
+        "num_head_channels": 64,
+        "dropout": 0.0,
+        "scale_shift_norm": False,
+        "stem_stride": 1,
+        "self_condition": False,
+    },
+    "diffusion": {
+        "prediction_type": "epsilon",
+        "beta_schedule": "linear",
+        "num_timesteps": 1000,
+        "mse_weight": 1.0,
+        "bce_weight": 0.0,
+        "dice_weight": 0.0,
+        "timestep_sampling": "uniform",
+    },
+    "sampler": {
+        "name": "ddpm",
+        "steps": 1000,
+        "eta": 1.0,
+        "ensemble_size": 3,
+        "threshold": 0.5,
+        "min_foreground": 0.0025,
+        "consensus": "medoid",
+        "max_layers": 6,
+        "merge_disconnected": True,
+    },
+    "train": {
+        "lr": 1e-4,
+        "weight_decay": 0.0,
+        "batch_size": 256,
+        "warmup_steps": 0,
+        "max_steps": 100_000,
+        "ema_decay": 0.9999,
+        "ckpt_every": 5000,
+        "val_every": 5000,
+        "cmask_noise_p": 0.0,
+    },
+}
 
 
-def _paper() -> ModelConfig:
-    return ModelConfig(
-        name="paper",
-        image_size=64,
-        unet=UNetConfig(
-            base_channels=128,
-            channel_mults=(1, 2, 3, 4),
-            num_res_blocks=2,
-            attention_resolutions=(16,),
-            mid_attention=True,
-            num_head_channels=64,
-            dropout=0.0,
-            scale_shift_norm=False,
-            stem_stride=1,
-            self_condition=False,
-        ),
-        diffusion=DiffusionConfig(
-            prediction_type="epsilon",
-            beta_schedule="linear",
-            num_timesteps=1000,
-            mse_weight=1.0,
-            bce_weight=0.0,
-            dice_weight=0.0,
-            timestep_sampling="uniform",
-        ),
-        sampler=SamplerConfig(
-            name="ddpm",
-            steps=1000,
-            eta=1.0,
-            ensemble_size=3,
-            threshold=0.5,
-            min_foreground=0.0025,
-            consensus="medoid",
-            max_layers=6,
-            merge_disconnected=True,
-        ),
-        train=TrainConfig(
-            lr=1e-4,
-            weight_decay=0.0,
-            batch_size=256,
-            warmup_steps=0,
-            max_steps=100_000,
-            ema_decay=0.9999,
-            ckpt_every=5000,
-            val_every=5000,
-            cmask_noise_p=0.0,
-        ),
-    )
-
-
-PRESETS = {"tiny": _tiny, "small": _small, "paper": _paper}
+PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "small": SMALL, "paper": PAPER}

@@ -28,15 +28,14 @@ import numpy as np
 import pandas as pd
 
 from sas_model.codec import encode_png, from_base64, to_base64
+from sas_model.predictor import Predictor, decode_image, max_pixels_from_env
 
 ARTIFACT_KEY = "checkpoint"
 PARAM_NAMES = {"sampler": "name", "steps": "steps", "ensemble_size": "ensemble_size"}
 
 
-def decode_image(text: str, max_pixels: int | None = None) -> np.ndarray:
-    """base64 image file → ``uint8 [H,W,3]`` RGB (``sas_model.predictor.decode_image``)."""
-    from sas_model.predictor import decode_image as decode_bytes
-
+def decode_base64_image(text: str, max_pixels: int | None = None) -> np.ndarray:
+    """base64 image file → ``uint8 [H,W,3]`` RGB, decoded by ``sas_model.predictor.decode_image``."""
     if not isinstance(text, str | bytes) or not text:
         raise ValueError("column 'image' must hold base64-encoded image files (got an empty value)")
     try:
@@ -45,7 +44,7 @@ def decode_image(text: str, max_pixels: int | None = None) -> np.ndarray:
         raise ValueError(
             f"column 'image' must hold base64-encoded image files ({type(exc).__name__})"
         ) from None
-    return decode_bytes(data, max_pixels)
+    return decode_image(data, max_pixels)
 
 
 def _bad_input(message: str) -> Exception:
@@ -71,7 +70,6 @@ class SASPyfuncModel(mlflow.pyfunc.PythonModel):
         import torch
 
         from sas_model.checkpoint import load_segmenter
-        from sas_model.predictor import Predictor, max_pixels_from_env
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.segmenter = load_segmenter(context.artifacts[ARTIFACT_KEY], device=device)
@@ -88,7 +86,7 @@ class SASPyfuncModel(mlflow.pyfunc.PythonModel):
         images = []
         for row, text in enumerate(model_input["image"]):
             try:
-                images.append(decode_image(text, self.predictor.max_pixels))
+                images.append(decode_base64_image(text, self.predictor.max_pixels))
             except ValueError as exc:
                 raise _bad_input(f"image {row}: {exc}") from None
         try:

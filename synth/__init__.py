@@ -7,4 +7,6 @@
 - ``reader``: manifest, checks, decoded scenes and (image, C_k, M_k, k) training samples.
 - ``generate.py`` (Ray Data job -> Parquet shards + manifest.json), ``preview.py`` (contact sheet),
   ``bench_generate.py`` (throughput and bytes per scene).
+- ``cli`` (``UserError``, one-line errors, number parsing) and ``ray_runtime`` (Ray start-up,
+  embedded or cluster): shared by every command line of the project, ``pipelines``' included.
 """

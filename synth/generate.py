@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -29,12 +28,13 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
     elif str(_REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(_REPO_ROOT))
 
+from synth.cli import OneLineParser, UserError, one_line, parse_positive_number  # noqa: E402
 from synth.families import DEFAULT_FAMILY, FAMILIES  # noqa: E402
+from synth.ray_runtime import init_ray  # noqa: E402
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem  # noqa: E402
 from synth.shards import (  # noqa: E402
     TMP_DIR,
     JobConfig,
-    UserError,
     delete_entries,
     empty_stats,
     list_output,
@@ -43,6 +43,7 @@ from synth.shards import (  # noqa: E402
     read_shard_stats,
     same_config,
     shard_name,
+    write_shard,
 )
 
 MAX_DEFAULT_SHARD_SIZE = 5000
@@ -56,27 +57,11 @@ def default_shard_size(n: int) -> int:
     return min(MAX_DEFAULT_SHARD_SIZE, max(250, -(-n // 16)))
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise UserError(f"{message} (see --help)")
-
-
-def parse_count(text: str) -> int:
-    """``1e5``, ``100000`` or ``100_000`` -> 100000; anything else (or < 1) is an error."""
-    problem = f"--n expects a positive whole number like 1e5 or 100_000, got {text!r}"
-    digits = text.replace("_", "")
-    try:
-        value = float(digits) if any(c in digits for c in ".eE") else int(digits)
-    except ValueError:
-        raise argparse.ArgumentTypeError(problem) from None
-    if not math.isfinite(value) or value != int(value) or value < 1:
-        raise argparse.ArgumentTypeError(problem)
-    return int(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synth/generate.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=parse_count, required=True, help="number of scenes (1e5, 100000, 100_000)")
+    p = OneLineParser(prog="synth/generate.py", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--n", type=parse_positive_number, required=True, help="number of scenes (1e5, 100000, 100_000)"
+    )
     p.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
     p.add_argument(
         "--size", type=int, default=64, help="image side in pixels: a multiple of 16 from 32 to 512"
@@ -122,10 +107,6 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
     return JobConfig(n=args.n, seed=args.seed, shard_size=min(shard_size, args.n), render=render)
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
 def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bool) -> dict[int, dict]:
     """Check/clean the output location; return stats of shards already complete for this config."""
     from pyarrow import fs
@@ -163,7 +144,7 @@ def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bo
         for entry in filesystem.get_file_info(fs.FileSelector(_join(root, TMP_DIR))):
             filesystem.delete_file(entry.path)  # leftovers of an interrupted run
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot write to {out}: {_one_line(exc)}") from None
+        raise UserError(f"cannot write to {out}: {one_line(exc)}") from None
     done: dict[int, dict] = {}
     for index in range(job.num_shards):
         name = shard_name(index)
@@ -185,30 +166,9 @@ def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bo
     return done
 
 
-def init_ray() -> None:
-    """Embedded local Ray (all cores) unless RAY_ADDRESS / a Ray job points at a cluster."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_REPO_ROOT), os.environ.get("PYTHONPATH")) if p
-    )
-    kwargs = {"logging_level": "WARNING", "log_to_driver": True}
-    if os.environ.get("RAY_ADDRESS") or "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:
-        if "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ:
-            kwargs["runtime_env"] = {"py_modules": [str(_REPO_ROOT / "synth")]}
-        ray.init(**kwargs)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # private local cluster: no token files
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
-
-
 def run_job(out: str, endpoint: str | None, job: JobConfig, todo: list[int], on_shard) -> None:
     """Ray Data: one task per shard to do; ``on_shard(stats)`` is called as each finishes."""
     import ray.data
-
-    from synth.shards import write_shard
 
     def render_shards(batch: dict) -> dict:
         stats = [write_shard(out, endpoint, job, todo[int(k)]) for k in batch["id"]]
@@ -272,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     stats = dict(done)
     if todo:
-        init_ray()
+        init_ray(num_cpus=os.cpu_count(), include_dashboard=False)  # all of this machine's cores
         job_start = time.perf_counter()
         rendered = 0
 
@@ -299,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         except Exception as exc:  # noqa: BLE001 - a worker failure: one line, finished shards kept
             print(
-                f"error: generation failed ({_one_line(exc)}); rerun the same command to resume",
+                f"error: generation failed ({one_line(exc)}); rerun the same command to resume",
                 file=sys.stderr,
                 flush=True,
             )

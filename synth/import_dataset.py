@@ -34,28 +34,27 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
     elif str(_REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(_REPO_ROOT))
 
+from synth.cli import OneLineParser, UserError  # noqa: E402
+from synth.generate import default_shard_size  # noqa: E402
+from synth.importers import coco, sas_folders  # noqa: E402
 from synth.importers.common import (  # noqa: E402
     ImportReport,
-    UserError,
     check_size,
     prepare_output,
     run_shards,
     write_import_manifest,
 )
+from synth.importers.export_sas import export_dataset  # noqa: E402
+from synth.reader import DatasetError, check_dataset  # noqa: E402
 from synth.splits import SPLITS  # noqa: E402
 
 DEFAULT_RAY_THRESHOLD = 2000
 DEFAULT_SIZE = 64
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, no usage block
-        raise UserError(f"{message} (see --help)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synth/import_dataset.py", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog="synth/import_dataset.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     def common_import(q: argparse.ArgumentParser) -> None:
         q.add_argument("--out", required=True, help="output folder or s3://bucket/prefix")
@@ -103,8 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _shards(items: list[dict], shard_size: int | None) -> list[list[dict]]:
-    from synth.generate import default_shard_size
-
     size = default_shard_size(len(items)) if shard_size is None else shard_size
     if size < 1:
         raise UserError(f"--shard-size must be >= 1, got {size}")
@@ -113,17 +110,15 @@ def _shards(items: list[dict], shard_size: int | None) -> list[list[dict]]:
 
 def plan_sas_folders(args: argparse.Namespace, config: dict, report: ImportReport) -> list[dict]:
     """The scenes under ``args.dir`` (one item per ``<id>``); fills ``config``."""
-    from synth.importers.sas_folders import SOURCE, native_size, plan_scenes
-
     root = Path(args.dir).expanduser().resolve()
     if not root.is_dir():
         raise UserError(f"{args.dir} is not a folder")
-    scenes, id_map = plan_scenes(root, args.split, args.seed, report)
+    scenes, id_map = sas_folders.plan_scenes(root, args.split, args.seed, report)
     if args.size is None:  # keep the images' own size when the model can use it: no resampling
-        side = native_size(scenes)
+        side = sas_folders.native_size(scenes)
         if side is not None and 32 <= side <= 512 and side % 16 == 0:
             config["size"] = side
-    config.update({"source": SOURCE, "input": str(root), "has_instances": False})
+    config.update({"source": sas_folders.SOURCE, "input": str(root), "has_instances": False})
     if id_map is not None:
         config["folder_ids"] = {str(k): v for k, v in id_map.items()}
     return scenes
@@ -131,15 +126,13 @@ def plan_sas_folders(args: argparse.Namespace, config: dict, report: ImportRepor
 
 def plan_coco(args: argparse.Namespace, config: dict, report: ImportReport) -> list[dict]:
     """The images of ``args.annotations`` (one item per image, objects included); fills ``config``."""
-    from synth.importers.coco import SOURCE, load_annotations, plan_images
-
     images_root = Path(args.images).expanduser().resolve()
     if not images_root.is_dir():
         raise UserError(f"--images {args.images} is not a folder")
-    records = plan_images(load_annotations(args.annotations), args.split, args.seed, report)
+    records = coco.plan_images(coco.load_annotations(args.annotations), args.split, args.seed, report)
     config.update(
         {
-            "source": SOURCE,
+            "source": coco.SOURCE,
             "input": str(Path(args.annotations).resolve()),
             "images": str(images_root),
             "drop_stuff": args.drop_stuff,
@@ -156,8 +149,10 @@ def run_import(args: argparse.Namespace) -> int:
     config = {"size": args.size or DEFAULT_SIZE, "seed": args.seed, "split": args.split}
     if args.command == "sas-folders":
         items, noun, where = plan_sas_folders(args, config, report), "scenes", args.dir
+        convert = sas_folders.scenes_from_payload
     else:
         items, noun, where = plan_coco(args, config, report), "images", args.annotations
+        convert = coco.scenes_from_payload
     if not items:
         raise UserError(f"no {noun} found in {where}")
     payloads = [{"items": chunk} for chunk in _shards(items, args.shard_size)]
@@ -181,7 +176,7 @@ def run_import(args: argparse.Namespace) -> int:
         imported = sum(s["num_scenes"] for s in shard_stats)
         print(f"[import] {shards_done}/{len(payloads)} shards, {imported} scenes imported", flush=True)
 
-    run_shards(args.out, args.s3_endpoint, payloads, config, use_ray, on_shard)
+    run_shards(args.out, args.s3_endpoint, payloads, config, convert, use_ray, on_shard)
     shard_stats.sort(key=lambda s: s["file"])
     for line in report.lines():
         print(f"[import] {line}", flush=True)
@@ -206,9 +201,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from synth.importers.export_sas import export_dataset
-    from synth.reader import DatasetError, check_dataset
-
     out = Path(args.out).expanduser()
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.overwrite)):
         raise UserError(

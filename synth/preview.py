@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from itertools import islice
 from pathlib import Path
 
@@ -23,6 +24,10 @@ if __name__ == "__main__":  # run as a script: import the package from the repo 
 
 import numpy as np  # noqa: E402
 
+from synth.cli import one_line  # noqa: E402
+from synth.families import family_config  # noqa: E402
+from synth.reader import DatasetError, iter_scenes, load_manifest  # noqa: E402
+from synth.render import render_scenes  # noqa: E402
 from synth.schema import Scene  # noqa: E402
 
 _PALETTE = np.array(
@@ -110,8 +115,6 @@ def save_contact_sheet(
     """Draw the first ``n`` scenes of the dataset at ``path`` into the PNG ``out``; returns ``out``."""
     from PIL import Image
 
-    from synth.reader import iter_scenes
-
     scenes = list(islice(iter_scenes(path, split=split, endpoint_url=endpoint_url), n))
     Image.fromarray(contact_sheet(scenes, scale=scale)).save(out)
     return out
@@ -130,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=2, help="pixel upscaling of the sheet")
     parser.add_argument("--s3-endpoint", default=None)
     args = parser.parse_args(argv)
-    from synth.reader import DatasetError
-
     try:
         if args.n < 1:
             raise ValueError(f"--n must be >= 1, got {args.n}")
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             out = save_contact_sheet(args.path, args.out, args.n, args.split, args.s3_endpoint, args.scale)
             about = _dataset_summary(args.path, args.s3_endpoint)
     except (DatasetError, ValueError, OSError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"error: {one_line(exc, limit=None)}", file=sys.stderr)
         return 2
     print(f"[preview] wrote {out}{about}")
     return 0
@@ -151,12 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _family_sheet(family: str, n: int, out: str, seed: int, scale: int) -> tuple[str, str]:
     """Render ``n`` scenes of ``family`` into ``out``; also the layer histogram of 512 scenes."""
-    from collections import Counter
-
     from PIL import Image
-
-    from synth.families import family_config
-    from synth.render import render_scenes
 
     cfg = family_config(family)
     Image.fromarray(contact_sheet(render_scenes(seed, 0, n, cfg), scale=scale)).save(out)
@@ -166,8 +162,6 @@ def _family_sheet(family: str, n: int, out: str, seed: int, scale: int) -> tuple
 
 
 def _dataset_summary(path: str, endpoint_url: str | None) -> str:
-    from synth.reader import DatasetError, load_manifest
-
     try:
         manifest = load_manifest(path, endpoint_url)
     except DatasetError:

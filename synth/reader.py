@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from synth.cli import one_line
 from synth.layering import occlusion_maps
 from synth.schema import COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, decode_scene
 
@@ -96,13 +97,9 @@ def list_shards(path: str, endpoint_url: str | None = None) -> list[str]:
     try:
         infos = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
     except OSError as exc:
-        raise DatasetError(f"cannot list {path}: {_one_line(exc)}") from None
+        raise DatasetError(f"cannot list {path}: {one_line(exc)}") from None
     names = [info.base_name for info in infos if info.type == fs.FileType.File]
     return sorted(name for name in names if SHARD_PATTERN.match(name))
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def load_manifest(path: str, endpoint_url: str | None = None) -> dict:
@@ -116,7 +113,7 @@ def load_manifest(path: str, endpoint_url: str | None = None) -> dict:
             f"no {MANIFEST_NAME} in {path}: generate the dataset with synth/generate.py"
         ) from None
     except (OSError, ValueError) as exc:
-        raise DatasetError(f"cannot read {MANIFEST_NAME} in {path}: {_one_line(exc)}") from None
+        raise DatasetError(f"cannot read {MANIFEST_NAME} in {path}: {one_line(exc)}") from None
     if not isinstance(manifest, dict):
         raise DatasetError(f"{MANIFEST_NAME} in {path} is not a JSON object")
     return manifest
@@ -148,7 +145,7 @@ def check_dataset(path: str, endpoint_url: str | None = None) -> dict:
         except FileNotFoundError:
             raise DatasetError(f"shard {name} listed in the manifest is missing from {path}") from None
         except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
-            raise DatasetError(f"shard {name} in {path} is corrupt: {_one_line(exc)}") from None
+            raise DatasetError(f"shard {name} in {path} is corrupt: {one_line(exc)}") from None
         kv = meta.metadata or {}
         if kv.get(SCHEMA_VERSION_KEY) != str(SCHEMA_VERSION).encode():
             raise DatasetError(f"shard {name} in {path} has an unknown schema version")
@@ -182,7 +179,7 @@ def iter_scenes(
             handle = filesystem.open_input_file(_join(root, name))
             parquet = pq.ParquetFile(handle)
         except Exception as exc:  # noqa: BLE001
-            raise DatasetError(f"shard {name} in {path} cannot be read: {_one_line(exc)}") from None
+            raise DatasetError(f"shard {name} in {path} cannot be read: {one_line(exc)}") from None
         with handle:
             for batch in parquet.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):
                 if split is not None:
@@ -219,8 +216,6 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
     occlusion maps, targets of the occlusion-cue module), ``layer_index`` int64[B], ``is_terminal``
     bool[B], ``scene_id`` int64[B].
     """
-    from synth.schema import decode_scene
-
     samples: list[Sample] = []
     terminal: list[bool] = []
     ids: list[int] = []

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from synth.cli import UserError, one_line
 from synth.families import family_of
 from synth.reader import MANIFEST_NAME, _join, open_filesystem
-from synth.render import RenderConfig, render_block
+from synth.render import GENERATOR_VERSION, RenderConfig, render_block
 from synth.schema import (
     ARROW_SCHEMA,
     SCHEMA_VERSION,
@@ -62,8 +63,6 @@ class JobConfig:
         return start, min(self.n, start + self.shard_size)
 
     def to_dict(self) -> dict:
-        from synth.render import GENERATOR_VERSION
-
         return {
             "schema_version": SCHEMA_VERSION,
             "generator_version": GENERATOR_VERSION,
@@ -112,10 +111,6 @@ def merge_stats(total: dict, part: dict) -> dict:
     return total
 
 
-class UserError(Exception):
-    """Bad input or environment (of the generator or an importer); one line and exit status 2."""
-
-
 def list_output(out: str, endpoint_url: str | None) -> tuple[Any, str, list[Any]]:
     """Open ``out`` (creating an S3 bucket if needed) and list it: ``(filesystem, root, entries)``.
 
@@ -131,7 +126,7 @@ def list_output(out: str, endpoint_url: str | None) -> tuple[Any, str, list[Any]
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
-        raise UserError(f"cannot access {out}: {' '.join(str(exc).split())[:300]}") from None
+        raise UserError(f"cannot access {out}: {one_line(exc)}") from None
     return filesystem, root, entries
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from synth.generate import main, parse_count
+from synth.cli import parse_positive_number
+from synth.generate import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def run_main(capsys, *argv: str) -> tuple[int, str]:
     "text,value", [("1e5", 100_000), ("100000", 100_000), ("100_000", 100_000), ("2.5e3", 2500)]
 )
 def test_n_accepts_scientific_and_underscored_counts(text, value):
-    assert parse_count(text) == value
+    assert parse_positive_number(text) == value
 
 
 @pytest.mark.parametrize("n", ["0", "-3", "abc", "1.5", "", "1e9999", "inf"])

@@ -14,6 +14,7 @@ import torch
 from pipelines import common
 from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
 from pipelines.trainer import cpus_per_worker
+from synth import ray_runtime
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,13 @@ def test_parse_number_accepts_scientific_counts(text, value):
 def test_parse_number_rejects_non_counts(text):
     with pytest.raises(argparse.ArgumentTypeError):
         common.parse_number(text)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "inf", "nan", "1e9999"])
+def test_parse_positive_float_rejects_what_is_not_a_finite_positive_number(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        common.parse_positive_float(text)
+    assert common.parse_positive_float("0.5") == 0.5
 
 
 def test_parse_override_types_values():
@@ -52,12 +60,12 @@ def test_fail_prints_one_line_and_exits_2(capsys):
 def test_cluster_mode_follows_ray_address_and_job_env(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
-    assert not common.cluster_mode()
+    assert not ray_runtime.cluster_mode()
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
-    assert common.cluster_mode() and common.in_ray_job()
+    assert ray_runtime.cluster_mode() and ray_runtime.in_ray_job()
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
-    assert common.cluster_mode() and not common.in_ray_job()
+    assert ray_runtime.cluster_mode() and not ray_runtime.in_ray_job()
 
 
 def test_mlflow_uri_defaults_to_local_sqlite(tmp_path, monkeypatch):

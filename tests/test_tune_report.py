@@ -6,6 +6,7 @@ import csv
 import io
 
 from pipelines import tune_report
+from pipelines.files import write_text_atomic
 
 
 def _row(trial, schedule, miou, tf=0.5, passes=30.0, status="completed"):
@@ -60,5 +61,5 @@ def test_tables_and_plot_are_written(tmp_path):
     path = tmp_path / "curves.png"
     tune_report.plot_curves(histories, "val/miou_free", path, "test")
     assert path.read_bytes()[:4] == b"\x89PNG"
-    tune_report.atomic_write(tmp_path / "t.md", "x\n")
+    write_text_atomic(tmp_path / "t.md", "x\n")
     assert (tmp_path / "t.md").read_text() == "x\n" and not list(tmp_path.glob(".t.md*"))

@@ -45,10 +45,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from synth.cli import UserError, one_line
 from synth.importers.common import (
     ImportReport,
-    UserError,
-    one_line,
     pick_split,
     read_rgb,
     resize_image,

@@ -12,6 +12,7 @@ histograms, shard list, and the import report: what was skipped and why).
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
@@ -20,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from synth.cli import UserError, one_line
+from synth.ray_runtime import init_ray
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem
 from synth.schema import SCHEMA_VERSION, Scene
 from synth.shards import (
     TMP_DIR,
-    UserError,
     delete_entries,
     empty_stats,
     list_output,
@@ -34,13 +36,9 @@ from synth.shards import (
     shard_name,
     write_scenes_atomic,
 )
-from synth.splits import SPLITS
+from synth.splits import SPLITS, split_of
 
 EXAMPLES_PER_REASON = 5
-
-
-def one_line(exc: BaseException | str) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def check_size(size: int) -> int:
@@ -135,8 +133,6 @@ class ImportReport:
 
 def pick_split(forced: str | None, given: Any, seed: int, scene_id: int) -> str:
     """``--split`` if given, else the source's own split if it is one of ours, else a stable hash."""
-    from synth.splits import split_of
-
     if forced is not None:
         return forced
     if isinstance(given, str) and given in SPLITS:
@@ -208,21 +204,13 @@ def write_import_manifest(
 ShardConverter = Callable[[dict, dict, ImportReport], Iterator[Scene]]
 
 
-def converter(source: str) -> ShardConverter:
-    """The function turning one shard's payload into scenes, by source name (importable in workers)."""
-    if source == "coco":
-        from synth.importers.coco import scenes_from_payload
-    elif source == "sas-folders":
-        from synth.importers.sas_folders import scenes_from_payload
-    else:
-        raise ValueError(source)
-    return scenes_from_payload
-
-
-def import_shard(out: str, endpoint: str | None, index: int, payload: dict, config: dict) -> dict:
-    """Convert and write one shard; returns ``{"stats": dict | None, "report": dict}``."""
+def import_shard(
+    out: str, endpoint: str | None, index: int, payload: dict, config: dict, convert: ShardConverter
+) -> dict:
+    """Convert one shard's ``payload`` with ``convert`` (an importer's ``scenes_from_payload``) and
+    write it; returns ``{"stats": dict | None, "report": dict}``."""
     report = ImportReport()
-    scenes = converter(config["source"])(payload, config, report)
+    scenes = convert(payload, config, report)
     stats = write_scene_shard(out, endpoint, index, scenes, config, config["size"])
     return {"stats": stats, "report": report.to_dict()}
 
@@ -232,23 +220,23 @@ def run_shards(
     endpoint: str | None,
     payloads: list[dict],
     config: dict,
+    convert: ShardConverter,
     use_ray: bool,
     on_shard: Callable[[dict], None],
 ) -> None:
-    """Convert every payload into a shard (index = position); ``on_shard(result)`` as each finishes."""
+    """Convert every payload into a shard (index = position) with ``convert`` (a module-level function,
+    so Ray workers import it by name); ``on_shard(result)`` as each finishes."""
     if not use_ray:
         for index, payload in enumerate(payloads):
-            on_shard(import_shard(out, endpoint, index, payload, config))
+            on_shard(import_shard(out, endpoint, index, payload, config, convert))
         return
     import ray.data
 
-    from synth.generate import init_ray
+    init_ray(num_cpus=os.cpu_count(), include_dashboard=False)  # all of this machine's cores
 
-    init_ray()
-
-    def convert(batch: dict) -> dict:
+    def convert_batch(batch: dict) -> dict:
         results = [
-            import_shard(out, endpoint, int(i), json.loads(p), config)
+            import_shard(out, endpoint, int(i), json.loads(p), config, convert)
             for i, p in zip(batch["index"], batch["payload"], strict=True)
         ]
         return {"result": [json.dumps(r) for r in results]}
@@ -257,7 +245,7 @@ def run_shards(
     ctx.enable_progress_bars = False
     items = [{"index": i, "payload": json.dumps(p)} for i, p in enumerate(payloads)]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    dataset = dataset.map_batches(convert, batch_size=1, num_cpus=1)
+    dataset = dataset.map_batches(convert_batch, batch_size=1, num_cpus=1)
     for batch in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=0):
         for item in batch["result"]:
             on_shard(json.loads(item))

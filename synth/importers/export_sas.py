@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from synth.importers.sas_folders import CUMULATIVE_MASK_FILE, IMAGE_FILE, LAYER_MASK_FILE
+from synth.reader import iter_scenes, load_manifest
 from synth.schema import Scene, encode_png
 
 
@@ -56,8 +57,6 @@ def export_dataset(
     complete, so an interrupted export leaves no half-written scene folders behind. With
     ``overwrite``, entries of ``out`` with the same names as the new ones are replaced.
     """
-    from synth.reader import iter_scenes, load_manifest
-
     folder_ids = (load_manifest(path, endpoint).get("config") or {}).get("folder_ids") or {}
     counts: Counter = Counter()
     staging = out / f".export-{uuid.uuid4().hex[:12]}"

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from synth.importers.common import ImportReport, one_line, pick_split, read_rgb, resize_image, resize_masks
+from synth.cli import one_line
+from synth.importers.common import ImportReport, pick_split, read_rgb, resize_image, resize_masks
 from synth.schema import Scene
 from synth.splits import SPLITS
 
