@@ -212,7 +212,7 @@ def _run(args: argparse.Namespace) -> int:
     storage = common.resolve_local_or_remote(args.storage)
     name = args.name or f"sas-{Path(args.preset).stem}"
     run_dir = runstate.run_dir(storage, name)
-    resuming = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
+    resume_from = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
 
     mode = common.init_ray()
     if mode == "cluster" and "://" not in args.storage and not Path(args.storage).is_absolute():
@@ -242,8 +242,10 @@ def _run(args: argparse.Namespace) -> int:
             "fail_once_marker": str(Path(run_dir) / ".injected_failure") if "://" not in run_dir else "",
         },
     )
+    origin = "" if resume_from is None else f" from {Path(resume_from.path).name}"
     print(
-        f"[train] {'resuming' if resuming else 'starting'} run '{name}' in {run_dir}: preset {args.preset}, "
+        f"[train] {'starting' if resume_from is None else 'resuming'} run '{name}'{origin} in {run_dir}: "
+        f"preset {args.preset}, "
         f"{args.workers} worker(s) x {cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}, "
         f"global batch {loop_cfg['global_batch']}, {loop_cfg['steps']} steps; "
         f"MLflow {mlflow_uri} run {run_id}",
