@@ -1,11 +1,12 @@
 """Storage writes made while training runs, retried with exponential backoff.
 
-A transient storage error (an S3 503, a dropped connection, a full NFS queue) during a checkpoint
-upload would otherwise fail the worker and spend one of Ray Train's ``FailureConfig.max_failures``
-restarts. Writes made while training runs go through ``with_retries``: at most ``attempts`` tries,
-waiting ``base_delay_s * 2**k`` seconds (capped at ``max_delay_s``) after the k-th failure, one
-``[train] warning:`` line per retry naming the write and the error (credentials stripped by
-``redact``), and a ``StorageWriteError`` naming the write and the number of tries after the last one.
+A transient storage error (an S3 503, a dropped connection) during a checkpoint upload would
+otherwise fail the worker and spend one of Ray Train's ``FailureConfig.max_failures`` restarts. The
+workers' checkpoint uploads (``pipelines.train_loop.upload_checkpoint``) go through ``with_retries``:
+at most ``attempts`` tries, waiting ``base_delay_s * 2**k`` seconds (capped at ``max_delay_s``) after
+the k-th failure, one ``[train] warning:`` line per retry naming the write and the error
+(credentials stripped by ``redact``), and a ``StorageWriteError`` naming the write and the number of
+tries after the last one.
 
 The checks before training starts (``pipelines.common``, ``pipelines.data``: is the data there, is
 the storage reachable) stay fail-fast on purpose: a mistyped bucket is reported in a second, not

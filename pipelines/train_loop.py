@@ -7,13 +7,14 @@ the same steps (it is a barrier); only rank 0 attaches a checkpoint, validates a
 Checkpoints are uploaded by ``upload_checkpoint``, Ray's own copy retried with backoff
 (``pipelines.retry``), so a transient storage error costs seconds, not a worker-group restart.
 
-Spot/preemptible nodes: when Ray is told a node of the worker group will be reclaimed (a drain with
-reason preemption, which the autoscaler, KubeRay or ``ray drain-node`` sends), every rank learns it
-from ``ray.train.get_preemption_info()`` (a collective, asked once per step) and the step it arrives
-at is checkpointed at once. Training then goes on, as Ray advises: a run that ends before the node
-goes still finishes; otherwise Ray Train restarts the workers at the reclaim deadline, on the
-preemption budget (``FailureConfig.max_preemption_failures``, not ``--max-failures``), and they
-resume from that checkpoint.
+Spot/preemptible nodes: when Ray is told a node of the worker group will be reclaimed (a drain
+with reason preemption: ``infra/spot_drain.py`` on EC2, the KubeRay worker's ``preStop`` hook, or
+``ray drain-node`` by hand), every rank learns it from ``ray.train.get_preemption_info()`` (a
+collective, asked once per step) and the step it arrives at is checkpointed at once. Training then
+goes on, as Ray advises: a run that ends before the node goes still finishes; otherwise Ray Train
+restarts the workers at the reclaim deadline, on the preemption budget
+(``FailureConfig.max_preemption_failures``, not ``--max-failures``), and they resume from that
+checkpoint.
 
 Checkpoint directory (written by rank 0): ``sas_model.checkpoint.save_checkpoint`` files (config,
 weights, EMA weights, meta) plus ``trainer_state.pt`` (optimizer state, step, data position),
