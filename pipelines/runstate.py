@@ -5,11 +5,16 @@ keeps ``sas_run.json`` with the model config the run was started with; a rerun w
 architecture differs is refused with a one-line error before anything is touched, so saved
 checkpoints are never overwritten by an incompatible model. Training-schedule fields (``train.*``,
 ``sampler.*``) and the config's ``name`` may change between reruns, e.g. more steps.
+
+Which checkpoint a rerun resumes from is asked of Ray through its public ``Result.from_path``
+(the same record Ray Train itself restores from), never by reading Ray's files; it works for runs
+of every age, whatever their checkpoint folders are called.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +23,6 @@ from typing import Any
 from pipelines.common import UserError, flatten_dict
 
 RUN_CONFIG_FILE = "sas_run.json"
-RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 MUTABLE_SECTIONS = ("name", "train", "sampler")
 
 
@@ -59,12 +63,29 @@ def architecture(config: dict[str, Any]) -> dict[str, Any]:
     return flatten_dict({k: v for k, v in normalised.items() if k not in MUTABLE_SECTIONS})
 
 
-def check_compatible(directory: str, cfg: Any) -> bool:
-    """Return True if ``directory`` holds a run to resume; raise ``UserError`` if its model differs."""
+def resume_checkpoint(directory: str) -> Any | None:
+    """The ``ray.train.Checkpoint`` Ray Train resumes the run in ``directory`` from (its newest
+    reported one), or ``None`` when there is no run there to resume (or one without checkpoints)."""
+    import ray.train
+
+    filesystem, path = _filesystem(directory)
+    ray_train_logger = logging.getLogger("ray.train")
+    level = ray_train_logger.level
+    ray_train_logger.setLevel(logging.WARNING)  # Ray says "a run snapshot was found" again in fit()
+    try:
+        return ray.train.Result.from_path(path, storage_filesystem=filesystem).checkpoint
+    except RuntimeError:  # no such folder, or no Ray Train run in it
+        return None
+    finally:
+        ray_train_logger.setLevel(level)
+
+
+def check_compatible(directory: str, cfg: Any) -> Any | None:
+    """Return the checkpoint the run in ``directory`` resumes from (``None``: a new run); raise
+    ``UserError`` if the saved run's model architecture differs from ``cfg``'s."""
     saved = _read_text(f"{directory}/{RUN_CONFIG_FILE}")
-    has_snapshot = _read_text(f"{directory}/{RAY_SNAPSHOT_FILE}") is not None
     if saved is None:
-        return has_snapshot
+        return resume_checkpoint(directory)
     before = architecture(json.loads(saved)["model_config"])
     after = architecture(cfg.to_dict())
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
@@ -75,7 +96,7 @@ def check_compatible(directory: str, cfg: Any) -> bool:
             f"{after.get(first)!r}{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
             "use another --name or --storage for a new run"
         )
-    return has_snapshot
+    return resume_checkpoint(directory)
 
 
 def checkpoint_candidates(checkpoint: Any) -> list[Any]:

@@ -202,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     run = build_run_config(args, data_path, common.resolve_local_or_remote(args.storage))
     cfg = run.model
     run_dir = runstate.run_dir(run.storage, run.name)
-    resuming = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
+    resume_from = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
 
     mode = common.init_ray()
     if mode == "cluster" and "://" not in args.storage and not Path(args.storage).is_absolute():
@@ -227,8 +227,9 @@ def _run(args: argparse.Namespace) -> int:
         mlflow_run_id=run_id,
         fail_once_marker=str(Path(run_dir) / ".injected_failure") if "://" not in run_dir else "",
     )
+    origin = "" if resume_from is None else f" from {Path(resume_from.path).name}"
     print(
-        f"[train] {'resuming' if resuming else 'starting'} run '{run.name}' in {run_dir}: "
+        f"[train] {'starting' if resume_from is None else 'resuming'} run '{run.name}'{origin} in {run_dir}: "
         f"preset {args.preset}, "
         f"{run.workers} worker(s) x {cpus_per_worker:g} CPU{' + 1 GPU' if use_gpu else ''}, "
         f"global batch {run.global_batch}, {run.steps} steps; "

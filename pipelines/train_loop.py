@@ -4,6 +4,18 @@ One optimiser step = one global batch split evenly across workers (``per_worker 
 DDP all-reduces the gradients (gloo on CPU, NCCL on GPU). Every rank calls ``ray.train.report`` at
 the same steps (it is a barrier); only rank 0 attaches a checkpoint, validates and talks to MLflow.
 
+Checkpoints are uploaded by ``upload_checkpoint``, Ray's own copy retried with backoff
+(``pipelines.retry``), so a transient storage error costs seconds, not a worker-group restart.
+
+Spot/preemptible nodes: when Ray is told a node of the worker group will be reclaimed (a drain
+with reason preemption: ``infra/spot_drain.py`` on EC2, the KubeRay worker's ``preStop`` hook, or
+``ray drain-node`` by hand), every rank learns it from ``ray.train.get_preemption_info()`` (a
+collective, asked once per step) and the step it arrives at is checkpointed at once. Training then
+goes on, as Ray advises: a run that ends before the node goes still finishes; otherwise Ray Train
+restarts the workers at the reclaim deadline, on the preemption budget
+(``FailureConfig.max_preemption_failures``, not ``--max-failures``), and they resume from that
+checkpoint.
+
 Checkpoint directory (written by rank 0): ``sas_model.checkpoint.save_checkpoint`` files (config,
 weights, EMA weights, meta) plus ``trainer_state.pt`` (optimizer state, step, data position),
 loaded back with ``weights_only=True``.
@@ -40,6 +52,38 @@ def checkpoint_dir_name(step: int) -> str:
     """``checkpoint_step00000300``: named by step (zero-padded, so name order is step order; Ray's
     former ``checkpoint_<timestamp>`` names of older runs sort before them)."""
     return f"checkpoint_step{int(step):08d}"
+
+
+def upload_checkpoint(checkpoint: Any, dir_name: str) -> Any:
+    """``checkpoint_upload_fn`` for ``ray.train.report``: Ray's own upload (the storage check, then a
+    copy into ``<run dir>/<dir_name>``), repeated on storage errors by ``with_retries``.
+
+    ``get_storage()`` is the handle Ray's docs name for custom uploads; a retry overwrites what a
+    failed copy left.
+    """
+    from pipelines.retry import with_retries
+
+    storage = ray.train.get_context().get_storage()
+    return with_retries(
+        lambda: storage.persist_current_checkpoint(checkpoint, dir_name),
+        f"checkpoint upload to {dir_name}",
+    )
+
+
+def preemption_notice(rank: int, step: int) -> bool:
+    """Whether Ray reports that a node of this worker group will be reclaimed. A collective: every
+    rank must call it at the same steps. Rank 0 prints one line when it does."""
+    info = ray.train.get_preemption_info()
+    if info is None:
+        return False
+    if rank == 0:
+        left_s = None if not info.deadline_ms else max(0.0, info.deadline_ms / 1000 - time.time())
+        deadline = "soon" if left_s is None else f"in {left_s:.0f} s"
+        say(
+            f"[train] preemption notice at step {step}: ranks {info.preempted_ranks} lose their node "
+            f"{deadline}; checkpointing now"
+        )
+    return True
 
 
 def _rank0_clock(device: torch.device) -> float:
@@ -207,6 +251,7 @@ def _report(metrics: dict[str, Any], to_save: tuple | None) -> None:
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name=checkpoint_dir_name(metrics["step"]),
+            checkpoint_upload_fn=upload_checkpoint,
         )
 
 
@@ -277,6 +322,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     bad_steps = BadSteps(run.max_bad_steps)
     abort_reason = ""
     already_complete = state.step >= total_steps
+    preempting = False  # a preemption notice arrived (and its step was checkpointed)
 
     while state.step < total_steps:
         t0 = time.perf_counter()
@@ -309,10 +355,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             now = _rank0_clock(device)
             out_of_time = now >= deadline
         last = step >= total_steps or out_of_time
+        just_preempted = not preempting and preemption_notice(rank, step)
+        preempting = preempting or just_preempted
         if step % run.log_every == 0 or last:
             logger.progress(step, total_steps, meter.close(lr, float(result.grad_norm), state.epoch))
         do_val = validator is not None and (step % run.val_every == 0 or last)
-        do_ckpt = step % run.ckpt_every == 0 or last
+        do_ckpt = step % run.ckpt_every == 0 or last or just_preempted
         if not (do_ckpt or (run.val_every and step % run.val_every == 0) or last):
             continue
         metrics: dict[str, Any] = {

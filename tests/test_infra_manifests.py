@@ -132,6 +132,30 @@ def test_aws_launcher_gpu_workers_loopback_dashboard_token_and_instance_profile(
     assert usage, "the header shows the job submission"
 
 
+def test_spot_workers_turn_a_reclaim_notice_into_rays_preemption_drain():
+    """EC2 spot (cluster launcher) and evicted pods (KubeRay) both end in ``ray drain-node --reason
+    DRAIN_NODE_REASON_PREEMPTION``, the signal the training loop checkpoints on."""
+    from ray.core.generated import autoscaler_pb2
+
+    autoscaler_pb2.DrainNodeReason.Value("DRAIN_NODE_REASON_PREEMPTION")  # a reason Ray's CLI accepts
+    config = load("cluster/aws.yaml")
+    (worker_name,) = [n for n in config["available_node_types"] if n != config["head_node_type"]]
+    assert (
+        config["available_node_types"][worker_name]["node_config"]["InstanceMarketOptions"]["MarketType"]
+        == "spot"
+    )
+    watcher = [c for c in config["worker_start_ray_commands"] if "infra/spot_drain.py" in c]
+    assert watcher and watcher[0].rstrip().endswith("&") and "RAY_AUTH_TOKEN_PATH" in watcher[0]
+    assert "COPY --chown=ray:users infra/spot_drain.py" in (INFRA / "docker" / "Dockerfile").read_text()
+
+    (group,) = load("k8s/raycluster.yaml")["spec"]["workerGroupSpecs"]
+    pod = group["template"]["spec"]
+    hook = " ".join(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"])
+    assert "ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION" in hook
+    deadline_s = int(re.search(r"--deadline-remaining-seconds (\d+)", hook).group(1))
+    assert deadline_s < pod["terminationGracePeriodSeconds"]  # the pod lives until the deadline
+
+
 @pytest.mark.parametrize("command", [["--help"], ["up", "--help"], ["down", "--help"]])
 def test_stack_cli_help(command):
     done = subprocess.run(

@@ -178,14 +178,60 @@ def test_registered_pyfunc_loads_and_segments_an_image(env):
     assert output["num_layers"][0] == result["num_layers"] == len(result["layers"])
 
 
-def test_rerun_resumes_from_the_saved_step(env):
+def test_rerun_resumes_from_the_saved_step(env, capsys):
     assert _train(env, "--steps", "9", "--ckpt-every", "3", "--val-every", "3") == 0
+    assert "[train] resuming run 'sas-tiny' from checkpoint_step00000006 " in capsys.readouterr().out
     run_dir = Path(env["storage"]) / "sas-tiny"
     assert _trained_step(_latest_checkpoint(run_dir)) == 9
     client, run = _mlflow_run(env, run_dir)
     assert _reported_steps(client, run) == [3, 6, 9]  # continued at 7, did not start over at 1
     versions = client.search_model_versions("name = 'sas'")
     assert len(versions) == 2
+
+
+def test_a_run_with_rays_timestamp_checkpoint_names_still_resumes(env, capsys):
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.runstate import resume_checkpoint
+
+    def old_style_loop(config):  # defined here so Ray ships it by value (the tests are no package)
+        """The training loop's reports as they were before ``checkpoint_dir_name``: Ray names the
+        checkpoint folders ``checkpoint_<timestamp>``. Steps 2 and 4 of an untrained ``tiny`` model."""
+        import tempfile
+
+        import ray.train
+        import torch
+
+        from pipelines.optim import EMA, TrainerState
+        from pipelines.train_loop import _save
+        from sas_model.config import ModelConfig
+        from sas_model.model import SASModel
+
+        model = SASModel(ModelConfig.preset("tiny"))
+        ema, optimizer = EMA(model, 0.99), torch.optim.AdamW(model.parameters())
+        for step in (2, 4):
+            with tempfile.TemporaryDirectory() as tmp:
+                _save(tmp, model, ema, optimizer, TrainerState(step=step, samples_seen=16 * step))
+                ray.train.report({"step": step}, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    name = "before-step-names"
+    TorchTrainer(
+        old_style_loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=ray.train.RunConfig(name=name, storage_path=env["storage"]),
+    ).fit()
+    run_dir = Path(env["storage"]) / name
+    old = sorted(p.name for p in run_dir.glob("checkpoint_2*") if p.is_dir())
+    assert len(old) == 2, old  # checkpoint_<YYYY-MM-DD_HH-MM-SS.ffffff>
+    assert Path(resume_checkpoint(str(run_dir)).path).name == old[-1]  # Ray's Result.from_path
+
+    args = ["--name", name, "--workers", "1", "--steps", "5", "--val-every", "0", "--no-register"]
+    assert _train(env, *args) == 0
+    assert f"[train] resuming run '{name}' from {old[-1]} " in capsys.readouterr().out
+    assert _trained_step(run_dir / "checkpoint_step00000005") == 5
+    client, run = _mlflow_run(env, run_dir)
+    assert _reported_steps(client, run) == [5]  # went on from step 4
 
 
 def test_injected_worker_failure_is_recovered_through_failure_config(env):
