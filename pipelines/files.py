@@ -9,18 +9,31 @@ from pathlib import Path
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` (parents created) via ``<dir>/.<name>.<random>`` + ``os.replace``."""
+    """Write ``data`` to ``path`` (parents created) via ``<dir>/.<name>.<random>`` + ``os.replace``.
+
+    The file gets the mode a plain ``open()`` would give (0666 less the umask), not ``mkstemp``'s 0600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # once, at import: os.umask can only be read by setting it
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -63,3 +63,6 @@ def test_tables_and_plot_are_written(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     write_text_atomic(tmp_path / "t.md", "x\n")
     assert (tmp_path / "t.md").read_text() == "x\n" and not list(tmp_path.glob(".t.md*"))
+    plain = tmp_path / "plain.md"
+    plain.write_text("x\n")
+    assert (tmp_path / "t.md").stat().st_mode == plain.stat().st_mode  # not mkstemp's 0600
