@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from pipelines.common import UserError
+from synth.schema import Manifest
 
 SAMPLE_COLUMNS = ["image", "cumulative_mask", "layer_mask", "foreground", "occlusion", "layer_index"]
 SAMPLE_DTYPES = {"occlusion": "int8", "layer_index": "int64"}  # the rest are uint8
 
 
-def check_dataset(path: str) -> dict[str, Any]:
+def check_dataset(path: str) -> Manifest:
     """Validate the dataset (missing, empty, schema version, corrupt shard) and return its manifest."""
     from synth import reader
 
@@ -27,20 +28,9 @@ def check_dataset(path: str) -> dict[str, Any]:
         manifest = reader.load_manifest(path)
     except reader.DatasetError as exc:
         raise UserError(str(exc)) from None
-    counts = manifest.get("counts") or {}
-    train_count = _split_count(counts, "train")
-    if train_count == 0:
+    if manifest.split_count("train") == 0:
         raise UserError(f"dataset {path} has no scenes in the 'train' split")
     return manifest
-
-
-def _split_count(counts: Any, split: str) -> int | None:
-    if not isinstance(counts, dict):
-        return None
-    value = counts.get(split)
-    if isinstance(value, dict):
-        value = value.get("scenes")
-    return int(value) if isinstance(value, (int, float)) else None
 
 
 def read_scenes(path: str, split: str) -> Any:
@@ -75,16 +65,16 @@ def build_train_dataset(path: str, shuffle: str = "buffer", cache: bool = False)
     return samples.randomize_block_order()
 
 
-def decoded_train_bytes(manifest: dict[str, Any], image_size: int) -> int:
+def decoded_train_bytes(manifest: Manifest, image_size: int) -> int:
     """Estimated size of the decoded training samples (image + C_k + M_k + foreground + occlusion maps)."""
-    histogram = manifest.get("num_layers_histogram") or {}
+    histogram = manifest.num_layers_histogram
     scenes = sum(int(v) for v in histogram.values()) or 1
     mean_samples = sum((int(k) + 1) * int(v) for k, v in histogram.items()) / scenes if histogram else 5.0
-    train_scenes = _split_count(manifest.get("counts"), "train") or int(manifest.get("num_scenes") or 0)
+    train_scenes = manifest.split_count("train") or int(manifest.num_scenes or 0)
     return int(train_scenes * mean_samples * image_size * image_size * 9)
 
 
-def should_cache(mode: str, manifest: dict[str, Any], image_size: int, object_store_bytes: float) -> bool:
+def should_cache(mode: str, manifest: Manifest, image_size: int, object_store_bytes: float) -> bool:
     """``--cache auto``: keep decoded samples in the object store when they take <= 25 % of it.
 
     Measured on 2 CPUs (tiny, 2k scenes): decoding PNGs and masks on the fly competes with the

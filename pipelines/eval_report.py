@@ -13,11 +13,14 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pipelines.files import write_bytes_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from synth.schema import Manifest
 
 HEADLINE = (
     "images",
@@ -296,7 +299,7 @@ def log_to_mlflow(
     overrides: dict[str, Any],
     result: dict[str, Any],
     files: list[Path],
-    manifest: dict[str, Any] | None = None,
+    manifest: Manifest | None = None,
 ) -> str:
     """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files;
     the dataset as an input and, for registered models, the results linked to them
@@ -345,7 +348,7 @@ def log_to_mlflow(
 
 
 def link_to_models(
-    run_id: str, args: argparse.Namespace, sources: list[Any], result: dict[str, Any], manifest: dict
+    run_id: str, args: argparse.Namespace, sources: list[Any], result: dict[str, Any], manifest: Manifest
 ) -> None:
     """Inside the active evaluation run: log the dataset as input and, for each ``models:/`` source,
     its metrics linked to the registry version's logged model (``<split>/<metric>``, MLflow 3

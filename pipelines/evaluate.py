@@ -34,7 +34,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -59,6 +59,9 @@ from pipelines.inference import (
     sampler_overrides,
 )
 from pipelines.progress import Progress
+
+if TYPE_CHECKING:
+    from synth.schema import Manifest
 
 EXPERIMENT = "sas-eval"
 # mIoU against UNet passes: (label, sampler overrides). "dpmpp2m" is the fast multistep solver.
@@ -202,7 +205,7 @@ def sweep_settings(text: str | None) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def check_data(args: argparse.Namespace, image_size: int) -> dict[str, Any]:
+def check_data(args: argparse.Namespace, image_size: int) -> Manifest:
     """Validate ``--data`` and ``--split`` from the manifest (no Ray needed); return the manifest."""
     from synth.reader import DatasetError, check_dataset
 
@@ -210,11 +213,11 @@ def check_data(args: argparse.Namespace, image_size: int) -> dict[str, Any]:
         manifest = check_dataset(args.data, args.s3_endpoint)
     except DatasetError as exc:
         raise UserError(str(exc)) from None
-    counts = manifest.get("counts") or {}
-    if counts and not counts.get(args.split):
+    counts = manifest.counts
+    if counts and not manifest.split_count(args.split):
         have = ", ".join(f"{k} ({v})" for k, v in counts.items() if v) or "none"
         raise UserError(f"split {args.split!r} of {args.data} has no scenes; splits with scenes: {have}")
-    size = (manifest.get("config") or {}).get("size")
+    size = manifest.config.get("size")
     if size is not None and int(size) != image_size:
         raise UserError(
             f"the dataset's images are {size}x{size} but the model expects {image_size}x{image_size}; "

@@ -20,14 +20,19 @@ import hashlib
 import json
 import re
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from synth.schema import Manifest
 
 DIGEST_CHARS = 32  # MLflow stores dataset digests in a 36-character column
 
 
-def manifest_digest(manifest: dict[str, Any]) -> str:
-    """sha256 (first 32 hex digits) of the manifest as canonical JSON: same manifest, same digest."""
-    text = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str)
+def manifest_digest(manifest: Manifest | dict[str, Any]) -> str:
+    """sha256 (first 32 hex digits) of the manifest as canonical JSON: same manifest, same digest
+    (a ``Manifest`` read from a file digests like the file's JSON object)."""
+    data = manifest.to_dict() if hasattr(manifest, "to_dict") else manifest
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:DIGEST_CHARS]
 
 
@@ -35,20 +40,18 @@ def dataset_name(data: str) -> str:
     return PurePosixPath(data.rstrip("/")).name or data
 
 
-def dataset_tags(manifest: dict[str, Any]) -> dict[str, str]:
-    """Input tags: schema version, family (if recorded), scene counts."""
-    tags = {"sas.schema_version": str(manifest.get("schema_version"))}
-    family = (manifest.get("config") or {}).get("family") or manifest.get("family")
-    if family:
-        tags["sas.family"] = str(family)
-    if manifest.get("num_scenes") is not None:
-        tags["sas.num_scenes"] = str(manifest["num_scenes"])
-    for split, count in (manifest.get("counts") or {}).items():
+def dataset_tags(manifest: Manifest) -> dict[str, str]:
+    """Input tags: schema version, family (generated datasets), scene counts."""
+    tags = {"sas.schema_version": str(manifest.schema_version)}
+    if manifest.family:
+        tags["sas.family"] = manifest.family
+    tags["sas.num_scenes"] = str(manifest.num_scenes)
+    for split, count in manifest.counts.items():
         tags[f"sas.count.{split}"] = str(count)
     return tags
 
 
-def dataset_for(data: str, manifest: dict[str, Any]) -> Any:
+def dataset_for(data: str, manifest: Manifest) -> Any:
     """An ``mlflow.data.meta_dataset.MetaDataset`` for the dataset at ``data`` (path or URI)."""
     import warnings
 
@@ -61,7 +64,7 @@ def dataset_for(data: str, manifest: dict[str, Any]) -> Any:
     return MetaDataset(source, name=dataset_name(data), digest=manifest_digest(manifest))
 
 
-def log_dataset_input(run_id: str, data: str, manifest: dict[str, Any], context: str) -> None:
+def log_dataset_input(run_id: str, data: str, manifest: Manifest, context: str) -> None:
     """``mlflow.log_input`` of the dataset (with its tags) into the existing run ``run_id``.
 
     The run keeps its status: the fluent API ends the run it resumes, so the status is restored.
@@ -76,7 +79,7 @@ def log_dataset_input(run_id: str, data: str, manifest: dict[str, Any], context:
     client.update_run(run_id, status=status)
 
 
-def version_tags(data: str, manifest: dict[str, Any]) -> dict[str, str]:
+def version_tags(data: str, manifest: Manifest) -> dict[str, str]:
     """Tags of a registered model version: the dataset it was trained on."""
     return {
         "dataset_digest": manifest_digest(manifest),

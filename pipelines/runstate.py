@@ -18,9 +18,12 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.common import UserError, flatten_dict
+
+if TYPE_CHECKING:
+    from synth.schema import Manifest
 
 RUN_CONFIG_FILE = "sas_run.json"
 MUTABLE_SECTIONS = ("name", "train", "sampler")
@@ -126,7 +129,7 @@ def save_run_config(directory: str, cfg: Any) -> None:
         _write_text(f"{directory}/{RUN_CONFIG_FILE}", json.dumps({"model_config": cfg.to_dict()}, indent=2))
 
 
-def log_run_start(run_id: str, run: Any, created: bool, manifest: dict, preset: str) -> None:
+def log_run_start(run_id: str, run: Any, created: bool, manifest: Manifest, preset: str) -> None:
     """Params on a new run: the full flattened model config (``config.*``), the run's choices
     (``run.*``, ``RunConfig.params``: no credentials) and the dataset schema; the config JSON
     artifact on every (re)start."""
@@ -139,7 +142,7 @@ def log_run_start(run_id: str, run: Any, created: bool, manifest: dict, preset: 
     if created:
         params = {f"config.{k}": v for k, v in flatten_dict(config).items()}
         params.update(run.params())
-        params.update({"run.preset": preset, "data.schema_version": manifest.get("schema_version")})
+        params.update({"run.preset": preset, "data.schema_version": manifest.schema_version})
         items = [Param(k, str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(items), 100):
             client.log_batch(run_id, params=items[start : start + 100])
@@ -148,7 +151,7 @@ def log_run_start(run_id: str, run: Any, created: bool, manifest: dict, preset: 
         path = Path(tmp) / ("config.json" if created else f"config_resume_{stamp}.json")
         path.write_text(json.dumps(config, indent=2))
         client.log_artifact(run_id, str(path))
-        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        (Path(tmp) / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2, default=str))
         client.log_artifact(run_id, str(Path(tmp) / "manifest.json"), "data")
     client.set_tag(run_id, "sas.status", "running")
     client.update_run(run_id, status="RUNNING")

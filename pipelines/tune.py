@@ -329,7 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     data_path = common.resolve_local_or_remote(args.data)
     manifest = data.check_dataset(data_path)
-    if data._split_count(manifest.get("counts"), "val") == 0:
+    if manifest.split_count("val") == 0:
         raise UserError(f"dataset {data_path} has no 'val' split; the search ranks trials on val mIoU")
 
     name = args.name or f"tune-{Path(args.preset).stem}"

@@ -25,6 +25,7 @@ if __name__ == "__main__":
 
 import numpy as np  # noqa: E402
 
+from synth.reader import load_manifest  # noqa: E402
 from synth.render import RenderConfig, render_scenes  # noqa: E402
 from synth.schema import scenes_to_table  # noqa: E402
 
@@ -95,16 +96,14 @@ def bench_job(size: int, n: int, workdir: str) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"generate failed: {proc.stderr[-500:]}")
     disk = sum(p.stat().st_size for p in out.glob("shard-*.parquet"))
-    import json
-
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = load_manifest(str(out))
     return {
         "size": size,
         "n": n,
         "wall_s": wall,
         "per_s": n / wall,
         "bytes_per_scene": disk / n,
-        "layer_histogram": manifest["layer_histogram"],
+        "layer_histogram": manifest.layer_histogram,
     }
 
 

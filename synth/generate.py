@@ -32,6 +32,7 @@ from synth.cli import OneLineParser, UserError, one_line, parse_positive_number 
 from synth.families import DEFAULT_FAMILY, FAMILIES  # noqa: E402
 from synth.ray_runtime import init_ray  # noqa: E402
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem  # noqa: E402
+from synth.schema import Manifest  # noqa: E402
 from synth.shards import (  # noqa: E402
     TMP_DIR,
     JobConfig,
@@ -198,17 +199,7 @@ def write_manifest(out: str, endpoint: str | None, job: JobConfig, shard_stats: 
         }
         for i in sorted(shard_stats)
     ]
-    manifest = {
-        "schema_version": job.to_dict()["schema_version"],
-        "config": job.to_dict(),
-        "num_scenes": total["num_scenes"],
-        "counts": {split: total["splits"].get(split, 0) for split in ("train", "val", "test")},
-        "layer_histogram": total["layers"],
-        "num_layers_histogram": total["num_layers"],
-        "objects_per_scene_histogram": total["objects"],
-        "shards": shards,
-    }
-    return publish_manifest(out, filesystem, root, manifest)
+    return publish_manifest(out, filesystem, root, Manifest.build(job.to_dict(), total, shards))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,8 +166,7 @@ def _dataset_summary(path: str, endpoint_url: str | None) -> str:
         manifest = load_manifest(path, endpoint_url)
     except DatasetError:
         return ""
-    family = (manifest.get("config") or {}).get("family", "textured")
-    return f" (family {family}; layers per scene: {manifest.get('num_layers_histogram', {})})"
+    return f" (family {manifest.family}; layers per scene: {manifest.num_layers_histogram})"
 
 
 if __name__ == "__main__":

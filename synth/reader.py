@@ -17,7 +17,7 @@ import numpy as np
 
 from synth.cli import one_line
 from synth.layering import occlusion_maps
-from synth.schema import COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Scene, decode_scene
+from synth.schema import COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, Manifest, Scene, decode_scene
 
 MANIFEST_NAME = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.parquet$")
@@ -102,8 +102,8 @@ def list_shards(path: str, endpoint_url: str | None = None) -> list[str]:
     return sorted(name for name in names if SHARD_PATTERN.match(name))
 
 
-def load_manifest(path: str, endpoint_url: str | None = None) -> dict:
-    """The dataset's ``manifest.json`` as a dict (``DatasetError`` if missing or unreadable)."""
+def load_manifest(path: str, endpoint_url: str | None = None) -> Manifest:
+    """The dataset's typed ``manifest.json`` (``DatasetError`` if missing or unreadable)."""
     filesystem, root = open_filesystem(path, endpoint_url)
     try:
         with filesystem.open_input_stream(_join(root, MANIFEST_NAME)) as stream:
@@ -116,10 +116,10 @@ def load_manifest(path: str, endpoint_url: str | None = None) -> dict:
         raise DatasetError(f"cannot read {MANIFEST_NAME} in {path}: {one_line(exc)}") from None
     if not isinstance(manifest, dict):
         raise DatasetError(f"{MANIFEST_NAME} in {path} is not a JSON object")
-    return manifest
+    return Manifest.from_dict(manifest)
 
 
-def check_dataset(path: str, endpoint_url: str | None = None) -> dict:
+def check_dataset(path: str, endpoint_url: str | None = None) -> Manifest:
     """Validate a dataset (manifest, schema version, every shard's footer); return the manifest.
 
     Raises ``DatasetError`` with one line: missing, empty, unknown schema version, corrupt shard.
@@ -128,14 +128,14 @@ def check_dataset(path: str, endpoint_url: str | None = None) -> dict:
 
     filesystem, root = open_filesystem(path, endpoint_url)
     manifest = load_manifest(path, endpoint_url)
-    version = manifest.get("schema_version")
+    version = manifest.schema_version
     if version != SCHEMA_VERSION:
         raise DatasetError(
             f"{path} has schema version {version!r}, this code reads version {SCHEMA_VERSION}: "
             "regenerate the dataset or use a matching checkout"
         )
-    shards = manifest.get("shards") or []
-    if not shards or not manifest.get("num_scenes"):
+    shards = manifest.shards
+    if not shards or not manifest.num_scenes:
         raise DatasetError(f"dataset {path} is empty")
     for shard in shards:
         name = shard["file"] if isinstance(shard, dict) else str(shard)
@@ -157,8 +157,7 @@ def check_dataset(path: str, endpoint_url: str | None = None) -> dict:
 
 def _shard_names(path: str, endpoint_url: str | None) -> list[str]:
     try:
-        manifest = load_manifest(path, endpoint_url)
-        names = [s["file"] if isinstance(s, dict) else str(s) for s in manifest.get("shards", [])]
+        names = load_manifest(path, endpoint_url).shard_files
     except DatasetError:
         names = list_shards(path, endpoint_url)
     if not names:

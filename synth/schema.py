@@ -15,13 +15,15 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from synth.layering import compute_layers
+from synth.splits import SPLITS
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_KEY = b"synth.schema_version"
@@ -246,3 +248,116 @@ def scenes_to_table(scenes: list[Scene]) -> pa.Table:
     }
     assert all(len(c) == n for c in columns.values())
     return pa.Table.from_arrays(list(columns.values()), schema=ARROW_SCHEMA)
+
+
+_MANIFEST_OPTIONAL = ("source", "has_instances", "import_report")
+
+
+@dataclass(frozen=True)
+class Manifest(Mapping):
+    """A dataset's ``manifest.json``, typed: what the dataset holds and how it was made.
+
+    Written by :meth:`build` + ``to_dict`` (``synth/generate.py``, ``synth/import_dataset.py``) and read
+    by :meth:`from_dict` (``synth.reader.load_manifest``): one pair for every producer and consumer.
+    It stays a read-only mapping of the JSON (``manifest["counts"]``, ``manifest.get(...)``), and
+    ``from_dict(d).to_dict() == d``, so a dataset's digest does not change by being read.
+
+    ``shards``: entries as stored (``{"file", "num_scenes", ...}``, or a bare file name in early
+    datasets); ``source``/``has_instances``/``import_report`` are set by importers only; keys this
+    code does not know are kept in ``extra``.
+    """
+
+    schema_version: int
+    num_scenes: int
+    counts: dict[str, int]
+    shards: tuple[Any, ...]
+    config: dict[str, Any]
+    layer_histogram: dict[str, int]
+    num_layers_histogram: dict[str, int]
+    objects_per_scene_histogram: dict[str, int]
+    source: str | None = None
+    has_instances: bool | None = None
+    import_report: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        config: dict[str, Any],
+        stats: dict[str, Any],
+        shards: list[dict[str, Any]],
+        source: str | None = None,
+        has_instances: bool | None = None,
+        import_report: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """From a job's ``config`` and its merged shard statistics (``synth.shards.merge_stats``)."""
+        return cls(
+            schema_version=SCHEMA_VERSION,
+            num_scenes=int(stats["num_scenes"]),
+            counts={split: int(stats["splits"].get(split, 0)) for split in SPLITS},
+            shards=tuple(shards),
+            config=config,
+            layer_histogram=stats["layers"],
+            num_layers_histogram=stats["num_layers"],
+            objects_per_scene_histogram=stats["objects"],
+            source=source,
+            has_instances=has_instances,
+            import_report=import_report,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(
+            schema_version=data.get("schema_version"),
+            num_scenes=data.get("num_scenes") or 0,
+            counts=data.get("counts") or {},
+            shards=tuple(data.get("shards") or ()),
+            config=data.get("config") or {},
+            layer_histogram=data.get("layer_histogram") or {},
+            num_layers_histogram=data.get("num_layers_histogram") or {},
+            objects_per_scene_histogram=data.get("objects_per_scene_histogram") or {},
+            **{key: data[key] for key in _MANIFEST_OPTIONAL if key in data},
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object (optional keys only when set; ``extra`` keys as they were)."""
+        out = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in ("extra", *_MANIFEST_OPTIONAL)
+        }
+        out["shards"] = list(self.shards)
+        out.update({key: getattr(self, key) for key in _MANIFEST_OPTIONAL if getattr(self, key) is not None})
+        return {**out, **self.extra}
+
+    @property
+    def family(self) -> str | None:
+        """The scene family (``textured`` for generated datasets written before families; None for
+        imported datasets)."""
+        if self.config.get("family"):
+            return self.config["family"]
+        return None if self.source not in (None, "synth") else "textured"
+
+    @property
+    def shard_files(self) -> list[str]:
+        return [s["file"] if isinstance(s, dict) else str(s) for s in self.shards]
+
+    def split_count(self, split: str) -> int | None:
+        """Scenes in ``split``, or None when the manifest does not say (``counts`` entries may be
+        numbers or ``{"scenes": n}``)."""
+        value = self.counts.get(split) if isinstance(self.counts, dict) else None
+        if isinstance(value, dict):
+            value = value.get("scenes")
+        return int(value) if isinstance(value, (int, float)) else None
+
+    # the read-only mapping of the JSON object
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())

@@ -28,6 +28,7 @@ from synth.schema import (
     ARROW_SCHEMA,
     SCHEMA_VERSION,
     SCHEMA_VERSION_KEY,
+    Manifest,
     Scene,
     scene_from_masks,
     scenes_to_table,
@@ -141,11 +142,11 @@ def delete_entries(filesystem: Any, entries: Iterable[Any]) -> None:
             filesystem.delete_file(entry.path)
 
 
-def publish_manifest(out: str, filesystem: Any, root: str, manifest: dict) -> str:
+def publish_manifest(out: str, filesystem: Any, root: str, manifest: Manifest) -> str:
     """Write ``manifest.json`` atomically (temporary name, then rename), drop ``_tmp/``; its location."""
     tmp = _join(root, f"{TMP_DIR}/{MANIFEST_NAME}.{os.getpid()}")
     with filesystem.open_output_stream(tmp) as stream:
-        stream.write(json.dumps(manifest, indent=2).encode())
+        stream.write(json.dumps(manifest.to_dict(), indent=2).encode())
     filesystem.move(tmp, _join(root, MANIFEST_NAME))
     try:
         filesystem.delete_dir(_join(root, TMP_DIR))

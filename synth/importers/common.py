@@ -24,7 +24,7 @@ import numpy as np
 from synth.cli import UserError, one_line
 from synth.ray_runtime import init_ray
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem
-from synth.schema import SCHEMA_VERSION, Scene
+from synth.schema import Manifest, Scene
 from synth.shards import (
     TMP_DIR,
     delete_entries,
@@ -183,19 +183,14 @@ def write_import_manifest(
     total = empty_stats()
     for stats in shard_stats:
         merge_stats(total, stats)
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "source": config["source"],
-        "has_instances": has_instances,
-        "config": config,
-        "num_scenes": total["num_scenes"],
-        "counts": {split: total["splits"].get(split, 0) for split in SPLITS},
-        "layer_histogram": total["layers"],
-        "num_layers_histogram": total["num_layers"],
-        "objects_per_scene_histogram": total["objects"],
-        "shards": [{"file": s["file"], "num_scenes": s["num_scenes"]} for s in shard_stats],
-        "import_report": report.to_dict(),
-    }
+    manifest = Manifest.build(
+        config,
+        total,
+        [{"file": s["file"], "num_scenes": s["num_scenes"]} for s in shard_stats],
+        source=config["source"],
+        has_instances=has_instances,
+        import_report=report.to_dict(),
+    )
     return publish_manifest(out, filesystem, root, manifest)
 
 

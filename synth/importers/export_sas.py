@@ -57,7 +57,7 @@ def export_dataset(
     complete, so an interrupted export leaves no half-written scene folders behind. With
     ``overwrite``, entries of ``out`` with the same names as the new ones are replaced.
     """
-    folder_ids = (load_manifest(path, endpoint).get("config") or {}).get("folder_ids") or {}
+    folder_ids = load_manifest(path, endpoint).config.get("folder_ids") or {}
     counts: Counter = Counter()
     staging = out / f".export-{uuid.uuid4().hex[:12]}"
     staging.mkdir(parents=True)
