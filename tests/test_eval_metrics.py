@@ -166,3 +166,16 @@ def test_accumulator_averages_images_and_renders_tables() -> None:
     assert [row["scene_id"] for row in acc.image_rows()] == [1, 2]
     both = summary_markdown({"a": s, "b": {"miou_free": 0.5}})
     assert "| miou_free | 0.7500 | 0.5000 |" in both and "| images | 2 | – |" in both
+
+
+def test_order_error_cases_split_the_wrong_pairs_by_cause():
+    from pipelines.probes.order_errors import edge_case
+
+    assert [edge_case(f, b) for f, b in ((0, 1), (1, 1), (0, -1), (-1, 0), (-1, -1), (2, 0))] == [
+        "right",
+        "same",
+        "back_lost",
+        "front_lost",
+        "both_lost",
+        "reversed",
+    ]
