@@ -24,8 +24,7 @@ def check_dataset(path: str) -> Manifest:
     from synth import reader
 
     try:
-        reader.check_dataset(path)
-        manifest = reader.load_manifest(path)
+        manifest = reader.check_dataset(path)
     except reader.DatasetError as exc:
         raise UserError(str(exc)) from None
     if manifest.split_count("train") == 0:

@@ -107,11 +107,7 @@ class RunConfig:
         return self
 
     def replace(self, **changes: Any) -> RunConfig:
-        """A copy with ``changes``; ``model`` may be given as a ``ModelConfig`` or dotted overrides
-        via ``model_overrides={"train.lr": 1e-3}``."""
-        overrides = changes.pop("model_overrides", None)
-        if overrides:
-            changes["model"] = changes.get("model", self.model).replace(**overrides)
+        """A copy with ``changes`` (``model=`` a ``ModelConfig``)."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

@@ -307,16 +307,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         say(f"[train] precision: {train_step.precision_label()} (train.precision={tc.precision})")
 
     total_steps, deadline = run.steps, run.deadline_unix
-    global_batch = run.global_batch  # divisible by world_size (RunConfig.validate)
     logger = RankZeroLogger(run.mlflow_uri, run.mlflow_run_id, enabled=rank == 0)
     validator = None
     if rank == 0 and run.val_every:
         from pipelines.validate import Validator, val_line
 
         validator = Validator(run, device)
-    stream = _batches(
-        ray.train.get_dataset_shard("train"), state, run.global_batch // world_size, run, device
-    )
+    stream = _batches(ray.train.get_dataset_shard("train"), state, run.per_worker_batch, run, device)
     loop_start = now = _rank0_clock(device) if deadline is not None else time.time()
     meter = ThroughputMeter()
     bad_steps = BadSteps(run.max_bad_steps)
@@ -345,8 +342,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             continue
         bad_steps.consecutive = 0
         state.step += 1
-        state.samples_seen += global_batch
-        meter.step(float(result.loss), global_batch)
+        state.samples_seen += run.global_batch
+        meter.step(float(result.loss), run.global_batch)
         step = state.step
         _fail_once_hook(run, step, rank)
 

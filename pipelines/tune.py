@@ -321,12 +321,6 @@ def _run(args: argparse.Namespace) -> int:
     checked = tune_space.check_space(space, trial_base.to_dict())
     max_steps = int(trial_base.train.max_steps)
     plan = _plan(args, space, max_steps)
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1")
-    if int(trial_base.train.batch_size) % args.workers:
-        raise UserError(
-            f"global batch {trial_base.train.batch_size} is not divisible by --workers {args.workers}"
-        )
     data_path = common.resolve_local_or_remote(args.data)
     manifest = data.check_dataset(data_path)
     if manifest.split_count("val") == 0:
@@ -335,6 +329,7 @@ def _run(args: argparse.Namespace) -> int:
     name = args.name or f"tune-{Path(args.preset).stem}"
     storage = common.resolve_local_or_remote(args.storage)
     exp_dir = runstate.run_dir(storage, name)
+    base_run = _base_run(args, trial_base, data_path, exp_dir, plan["val_every"])  # validated once
     out_dir = Path(
         args.out or (f"{exp_dir}/report" if "://" not in exp_dir else f"tune_reports/{name}")
     ).resolve()
@@ -372,7 +367,7 @@ def _run(args: argparse.Namespace) -> int:
     setup = {
         "base_config": trial_base.to_dict(),
         "prediction_types": tune_space.allowed_prediction_types(space, trial_base.to_dict()),
-        "base_run": _base_run(args, trial_base, data_path, exp_dir, plan["val_every"]).to_dict(),
+        "base_run": base_run.to_dict(),
         "preset": args.preset,
         "data_path": data_path,
         "manifest": manifest,

@@ -47,7 +47,7 @@ def test_bad_values_are_refused_with_one_line_naming_the_flag(changes, message):
 
 def test_trials_derive_their_run_with_replace():
     base = _run(val_every=5)
-    trial = base.replace(name="trial-1", model_overrides={"train.lr": 1e-3})
+    trial = base.replace(name="trial-1", model=base.model.replace(**{"train.lr": 1e-3}))
     assert trial.model.train.lr == 1e-3 and trial.val_every == 5 and base.model.train.lr != 1e-3
 
 

@@ -23,6 +23,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pipelines.inference import resolve_model  # noqa: E402
 from pipelines.validate import free_running_summary  # noqa: E402
 from sas_model.checkpoint import load_model  # noqa: E402
 from sas_model.segmenter import SequentialSegmenter  # noqa: E402
@@ -31,19 +32,9 @@ from synth.reader import iter_scenes  # noqa: E402
 KEYS = ("miou_free", "iou_free/layer0", "pair_order", "layer_count_acc")
 
 
-def newest_checkpoint(path: Path) -> Path:
-    """``path`` if it holds a checkpoint, else its newest ``checkpoint_*`` folder."""
-    if (path / "config.json").exists():
-        return path
-    found = sorted(p for p in path.glob("checkpoint_*") if (p / "config.json").exists())
-    if not found:
-        raise SystemExit(f"error: no checkpoint in {path}; pass a checkpoint folder or a run folder")
-    return found[-1]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="checkpoint folder, or a run folder (newest checkpoint)")
+    ap.add_argument("--model", required=True, help="a checkpoint or run folder, or models:/NAME@ALIAS")
     ap.add_argument("--data", required=True)
     ap.add_argument("--sizes", nargs="+", type=int, default=[4, 16, 64])
     ap.add_argument("--draws", type=int, default=5)
@@ -52,7 +43,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    checkpoint = newest_checkpoint(Path(args.model))
+    checkpoint = resolve_model(args.model).checkpoint_dir
     segmenter = SequentialSegmenter(load_model(checkpoint, use_ema=True, device="cpu"), device="cpu")
     pool = list(islice(iter_scenes(args.data, split="val"), args.pool))
     print(f"[noise] {checkpoint}, {len(pool)} val scenes in the pool", flush=True)

@@ -25,7 +25,7 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pipelines.probes.champion_noise import newest_checkpoint  # noqa: E402
+from pipelines.inference import resolve_model  # noqa: E402
 from sas_model.checkpoint import load_model  # noqa: E402
 from sas_model.metrics import object_layers  # noqa: E402
 from sas_model.segmenter import SequentialSegmenter  # noqa: E402
@@ -47,14 +47,14 @@ def edge_case(front: int, back: int) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="checkpoint folder, or a run folder (newest checkpoint)")
+    ap.add_argument("--model", required=True, help="a checkpoint or run folder, or models:/NAME@ALIAS")
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--scenes", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    segmenter = SequentialSegmenter(load_model(newest_checkpoint(Path(args.model))), device="cpu")
+    segmenter = SequentialSegmenter(load_model(resolve_model(args.model).checkpoint_dir), device="cpu")
     scenes = [s for s in islice(iter_scenes(args.data, split=args.split), args.scenes) if s.has_instances]
     results = segmenter.segment(np.stack([s.image for s in scenes]), seed=0)
     cases: Counter[str] = Counter()
