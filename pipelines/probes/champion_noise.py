@@ -3,10 +3,16 @@
 For each subset size N (the ``--val-free-scenes`` a training run validates on), ``--draws`` times: N
 val scenes drawn at random (seeded) from the first ``--pool`` and the sampler reseeded, then the
 free-running segmenter scored exactly as validation does (``pipelines.validate.free_running_summary``).
-The standard deviation over draws is the noise a champion decision at that N has to beat::
+The standard deviation over draws is the noise a champion decision at that N has to beat, and
+``seconds`` (the mean wall time of one validation) is what it costs::
 
     python pipelines/probes/champion_noise.py --model runs/main-tiny-flat --data data/main-flat \\
         --sizes 4 16 64 --draws 5
+
+The sampler is the one validation uses (``validation_sampler``: the preset's when it is cheap, else
+DDIM-25); ``--sampler name=ddpm steps=1000`` scores with another (``SamplerConfig`` fields).
+Draw ``d`` picks the same scenes with the same seed whatever the sampler, so two samplers' rows
+compare scene for scene.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from itertools import islice
 from pathlib import Path
 
@@ -23,8 +30,9 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from pipelines.common import parse_override  # noqa: E402
 from pipelines.inference import resolve_model  # noqa: E402
-from pipelines.validate import free_running_summary  # noqa: E402
+from pipelines.validate import free_running_summary, validation_sampler  # noqa: E402
 from sas_model.checkpoint import load_model  # noqa: E402
 from sas_model.segmenter import SequentialSegmenter  # noqa: E402
 from synth.reader import iter_scenes  # noqa: E402
@@ -40,28 +48,51 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--pool", type=int, default=256, help="val scenes the subsets are drawn from")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument(
+        "--sampler",
+        nargs="*",
+        type=parse_override,
+        default=None,
+        metavar="KEY=VALUE",
+        help="sampler overrides (default: validation's sampler)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     checkpoint = resolve_model(args.model).checkpoint_dir
-    segmenter = SequentialSegmenter(load_model(checkpoint, use_ema=True, device="cpu"), device="cpu")
+    model = load_model(checkpoint, use_ema=True, device=args.device)
+    segmenter = SequentialSegmenter(model, device=args.device)
+    sampler = validation_sampler(model.cfg.sampler) if args.sampler is None else dict(args.sampler)
     pool = list(islice(iter_scenes(args.data, split="val"), args.pool))
-    print(f"[noise] {checkpoint}, {len(pool)} val scenes in the pool", flush=True)
+    print(f"[noise] {checkpoint}, {len(pool)} val scenes in the pool, sampler {sampler}", flush=True)
     rows = []
     for size in args.sizes:
         values: dict[str, list[float]] = {k: [] for k in KEYS}
+        seconds = []
         for draw in range(args.draws):
             pick = np.random.default_rng(draw).choice(len(pool), size=min(size, len(pool)), replace=False)
-            summary, _ = free_running_summary(segmenter, [pool[i] for i in sorted(pick)], seed=draw)
+            start = time.perf_counter()
+            summary, _ = free_running_summary(
+                segmenter, [pool[i] for i in sorted(pick)], seed=draw, sampler_overrides=sampler
+            )
+            seconds.append(time.perf_counter() - start)
             for key in KEYS:
                 if key in summary:
                     values[key].append(float(summary[key]))
-        row = {"scenes": size, "draws": args.draws}
+        row = {
+            "scenes": size,
+            "draws": args.draws,
+            "device": args.device,
+            "sampler": sampler,
+            "seconds": round(float(np.mean(seconds)), 3),
+        }
         for key, vals in values.items():
             if vals:
                 row[key] = {
                     "mean": round(float(np.mean(vals)), 4),
-                    "std": round(float(np.std(vals, ddof=1)), 4),
+                    "std": round(float(np.std(vals, ddof=1)), 4) if len(vals) > 1 else None,
+                    "values": [round(v, 4) for v in vals],
                 }
         rows.append(row)
         print(json.dumps(row), flush=True)
