@@ -8,7 +8,7 @@ every ``--poll-s`` seconds and, when the notice comes, runs once::
     ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION --deadline-remaining-seconds <until the reclaim>
 
 Ray Train then tells the training workers (``ray.train.get_preemption_info``), which checkpoint at
-their next step (``pipelines/train_loop.py``), and restarts them on the remaining nodes when the
+their next step (``pipelines/training/worker.py``), and restarts them on the remaining nodes when the
 deadline passes. KubeRay pods get the same drain from a ``preStop`` hook (``infra/k8s/raycluster.yaml``).
 """
 

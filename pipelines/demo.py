@@ -28,10 +28,9 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # `python pipelines/demo.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.common import REPO_ROOT, UserError, apply_env_defaults, fail, resolve_mlflow_uri
+from pipelines.cli.env import REPO_ROOT, apply_env_defaults
+from pipelines.tracking.store import resolve_mlflow_uri
+from synth.cli import UserError, fail
 
 DEFAULT_MODEL = "models:/sas@champion"
 PRETRAINED_ENV = "SAS_PRETRAINED_MODEL"
@@ -49,7 +48,7 @@ def pretrained_path(flag: str | None = None) -> Path:
 def find_model(uri: str | None, tracking_uri: str, pretrained: str | None = None) -> Any:
     """``ModelSource`` for ``--model`` (a run id, ``runs:/``, ``models:/`` or a checkpoint path); with
     none, the registered champion, else the shipped pretrained checkpoint, else ``UserError``."""
-    from pipelines.inference import resolve_model
+    from pipelines.inference.models import resolve_model
 
     if uri:
         return resolve_model(f"runs:/{uri}/model" if RUN_ID.match(uri) else uri, tracking_uri)
@@ -218,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> DemoModel:
-    from pipelines.inference import inference_device
+    from pipelines.inference.models import inference_device
     from sas_model.checkpoint import load_segmenter
     from sas_model.predictor import Predictor, max_pixels_from_env
 

@@ -38,12 +38,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # `python pipelines/evaluate.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.common import UserError, apply_env_defaults, fail, init_ray, parse_number, resolve_mlflow_uri
-from pipelines.inference import (
+from pipelines.cli.env import apply_env_defaults
+from pipelines.cli.progress import Progress
+from pipelines.inference.models import (
     ModelSource,
+    describe_device,
+    load_source_segmenter,
+    parse_model_spec,
+    resolve_model,
+)
+from pipelines.inference.options import (
     actor_pool,
     actor_resources,
     add_model_args,
@@ -51,14 +55,12 @@ from pipelines.inference import (
     add_sampler_args,
     check_sampler_overrides,
     cluster_gpus,
-    describe_device,
-    load_source_segmenter,
-    parse_model_spec,
     resolve_gpus_per_worker,
-    resolve_model,
     sampler_overrides,
 )
-from pipelines.progress import Progress
+from pipelines.tracking.store import resolve_mlflow_uri
+from synth.cli import UserError, fail, parse_number
+from synth.ray_runtime import init_ray
 
 if TYPE_CHECKING:
     from synth.schema import Manifest
@@ -347,7 +349,7 @@ def _image_size(source: ModelSource) -> int:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines import eval_report
+    from pipelines.inference import eval_report
 
     if args.workers < 1 or args.batch < 1:
         raise UserError("--workers and --batch must be at least 1")

@@ -25,13 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: import the package from the repo root, not pipelines/
-    sys.path[0] = str(Path(__file__).resolve().parents[1])
+from pipelines.cli.env import REPO_ROOT, apply_env_defaults
+from pipelines.cli.files import write_bytes_atomic
+from synth.cli import fail, parse_number, parse_positive_float
 
-from pipelines import common  # noqa: E402
-from pipelines.files import write_bytes_atomic  # noqa: E402
-
-REPO_ROOT = common.REPO_ROOT
 # The main job's recipe (docs/RESULTS.md, "Round 4"): the family where the model learns order within
 # a 2-core CPU budget, a step budget so a faster CPU learns the same model, and a time cap.
 DEFAULT_FAMILY = "flat"
@@ -55,7 +52,7 @@ SUMMARY_KEYS = (
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenes", type=common.parse_number, default=20_000, help="scenes to generate")
+    p.add_argument("--scenes", type=parse_number, default=20_000, help="scenes to generate")
     p.add_argument(
         "--family", default=DEFAULT_FAMILY, help=f"scene family to train on (default {DEFAULT_FAMILY})"
     )
@@ -63,13 +60,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny", help="model preset: tiny|small|paper or a JSON file")
     p.add_argument(
         "--minutes",
-        type=common.parse_positive_float,
+        type=parse_positive_float,
         default=DEFAULT_MINUTES,
         help=f"training time cap (default {DEFAULT_MINUTES:g})",
     )
     p.add_argument(
         "--steps",
-        type=common.parse_number,
+        type=parse_number,
         default=DEFAULT_STEPS,
         help=f"training steps (default {DEFAULT_STEPS}: what a faster CPU learns does not change; "
         "--minutes still caps the time)",
@@ -78,8 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default=None, help="dataset folder (default data/main-<family>)")
     p.add_argument("--out", default="outputs/main", help="folder for sheets, metrics and predictions")
     p.add_argument("--name", default=None, help="training run name (default main-<preset>)")
-    p.add_argument("--eval-scenes", type=common.parse_number, default=200, help="test scenes to evaluate")
-    p.add_argument("--predict-images", type=common.parse_number, default=8, help="images to predict")
+    p.add_argument("--eval-scenes", type=parse_number, default=200, help="test scenes to evaluate")
+    p.add_argument("--predict-images", type=parse_number, default=8, help="images to predict")
     p.add_argument("--mlflow-uri", default=None, help="tracking URI (default ./mlruns/mlflow.db)")
     return p.parse_args(argv)
 
@@ -98,7 +95,7 @@ def run_stage(title: str, argv: list[str], times: dict[str, float]) -> list[str]
             lines.append(line.rstrip("\n"))
     times[title] = time.time() - started
     if proc.returncode != 0:
-        common.fail(
+        fail(
             f"stage '{title}' failed (exit {proc.returncode}); fix the cause above and rerun to resume",
             proc.returncode,
         )
@@ -157,7 +154,7 @@ def export_test_images(data: str, out_dir: Path, count: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common.apply_env_defaults()
+    apply_env_defaults()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = args.name or f"main-{Path(args.preset).stem}-{args.family}"

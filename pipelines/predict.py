@@ -48,13 +48,11 @@ from typing import Any
 
 import numpy as np
 
-if __package__ in (None, ""):  # `python pipelines/predict.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.common import UserError, apply_env_defaults, fail, init_ray, parse_number, resolve_mlflow_uri
-from pipelines.files import replace_dir_atomic, write_text_atomic
-from pipelines.inference import (
-    ModelSource,
+from pipelines.cli.env import apply_env_defaults
+from pipelines.cli.files import replace_dir_atomic, write_text_atomic
+from pipelines.cli.progress import Progress
+from pipelines.inference.models import ModelSource, describe_device, load_source_segmenter, resolve_model
+from pipelines.inference.options import (
     actor_pool,
     actor_resources,
     add_model_args,
@@ -62,13 +60,10 @@ from pipelines.inference import (
     add_sampler_args,
     check_sampler_overrides,
     cluster_gpus,
-    describe_device,
-    load_source_segmenter,
     resolve_gpus_per_worker,
-    resolve_model,
     sampler_overrides,
 )
-from pipelines.progress import Progress
+from pipelines.tracking.store import resolve_mlflow_uri
 
 # decoding and resizing in and out live in sas_model.predictor (shared with the MLflow pyfunc and the demo)
 from sas_model.predictor import (
@@ -79,6 +74,8 @@ from sas_model.predictor import (
     resize_mask,
     resize_result,
 )
+from synth.cli import UserError, fail, parse_number
+from synth.ray_runtime import init_ray
 
 IMAGE_COLUMNS = ("image", "image_png", "image_bytes", "bytes")
 NAME_COLUMNS = ("name", "path", "scene_id")

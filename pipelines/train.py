@@ -36,29 +36,27 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines import common
-from pipelines.common import UserError
-from pipelines.files import write_text_atomic
-from pipelines.run_config import RunConfig
+from pipelines.cli.args import training_parser
+from pipelines.cli.env import apply_env_defaults
+from pipelines.cli.files import resolve_local_or_remote, write_text_atomic
+from pipelines.tracking.store import DEFAULT_EXPERIMENT, resolve_mlflow_uri, setup_mlflow
+from pipelines.training.config import RunConfig
+from synth.cli import UserError, fail, parse_number, parse_positive_float
+from synth.ray_runtime import init_ray
 
 CHAMPION_METRIC = "val/miou_free"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.training_parser(
+    p = training_parser(
         __doc__,
         preset_help="tiny|small|paper or a preset JSON file",
         set_help="dotted config override, e.g. train.lr=3e-4 (repeatable)",
     )
-    p.add_argument("--workers", type=common.parse_number, default=1, help="Ray Train workers (default 1)")
-    p.add_argument("--steps", type=common.parse_number, help="optimiser steps (default: config train.steps)")
-    p.add_argument("--minutes", type=common.parse_positive_float, help="wall-clock budget for the whole run")
-    p.add_argument(
-        "--batch", type=common.parse_number, help="global batch (default: config train.batch_size)"
-    )
+    p.add_argument("--workers", type=parse_number, default=1, help="Ray Train workers (default 1)")
+    p.add_argument("--steps", type=parse_number, help="optimiser steps (default: config train.steps)")
+    p.add_argument("--minutes", type=parse_positive_float, help="wall-clock budget for the whole run")
+    p.add_argument("--batch", type=parse_number, help="global batch (default: config train.batch_size)")
     p.add_argument(
         "--storage", default="runs", help="Ray Train storage path, local or s3:// (default ./runs)"
     )
@@ -72,36 +70,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="move alias 'champion' if the new val metric is better (default), always or never",
     )
     p.add_argument("--mlflow-uri", help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
-    p.add_argument("--experiment", default=common.DEFAULT_EXPERIMENT, help="MLflow experiment (default sas)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default sas)")
     p.add_argument("--gpu", choices=("auto", "on", "off"), default="auto", help="use GPUs (default: if any)")
-    p.add_argument("--max-failures", type=common.parse_number, default=2, help="worker-group restarts")
+    p.add_argument("--max-failures", type=parse_number, default=2, help="worker-group restarts")
     p.add_argument(
         "--placement",
         choices=("pack", "spread"),
         default="pack",
         help="worker placement: pack onto few nodes (default) or spread one per node where possible",
     )
-    p.add_argument("--keep", type=common.parse_number, default=3, help="checkpoints kept (newest)")
-    p.add_argument("--ckpt-every", type=common.parse_number, help="steps between checkpoints")
+    p.add_argument("--keep", type=parse_number, default=3, help="checkpoints kept (newest)")
+    p.add_argument("--ckpt-every", type=parse_number, help="steps between checkpoints")
     p.add_argument(
         "--val-every",
-        type=common.parse_number,
+        type=parse_number,
         help="steps between validations, also run at the end (default train.val_every; 0: never)",
     )
     p.add_argument(
         "--val-scenes",
-        type=common.parse_number,
+        type=parse_number,
         default=64,
         help="val scenes for loss and teacher-forced IoU (default 64)",
     )
     p.add_argument(
         "--val-free-scenes",
-        type=common.parse_number,
+        type=parse_number,
         default=64,
         help="of those, scenes segmented free-running for IoU, pair order and the champion metric "
         "(default 64; the overlay sheet shows the first 8)",
     )
-    p.add_argument("--log-every", type=common.parse_number, default=10, help="steps between progress lines")
+    p.add_argument("--log-every", type=parse_number, default=10, help="steps between progress lines")
     p.add_argument(
         "--shuffle",
         choices=("buffer", "global"),
@@ -110,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-bad-steps",
-        type=common.parse_number,
+        type=parse_number,
         default=20,
         help="abort after this many non-finite loss steps in a row (default 20)",
     )
@@ -120,9 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="decode the training samples once into Ray's object store (auto: if they fit in 25%%)",
     )
-    p.add_argument("--seed", type=common.parse_number, help="data/augmentation seed (default: train.seed)")
-    p.add_argument("--fail-once-at-step", type=common.parse_number, help=argparse.SUPPRESS)  # test hook
-    p.add_argument("--inject-nan-from-step", type=common.parse_number, help=argparse.SUPPRESS)  # test hook
+    p.add_argument("--seed", type=parse_number, help="data/augmentation seed (default: train.seed)")
+    p.add_argument("--fail-once-at-step", type=parse_number, help=argparse.SUPPRESS)  # test hook
+    p.add_argument("--inject-nan-from-step", type=parse_number, help=argparse.SUPPRESS)  # test hook
     return p
 
 
@@ -185,26 +183,27 @@ def build_run_config(args: argparse.Namespace, data_path: str, storage: str) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    common.apply_env_defaults()
+    apply_env_defaults()
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except UserError as exc:
-        common.fail(str(exc))
+        fail(str(exc))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pipelines import data, lineage, registry, runstate, trainer
+    from pipelines.tracking import lineage, registry, runs
+    from pipelines.training import data, resume, trainer
 
     started = time.time()
-    data_path = common.resolve_local_or_remote(args.data)
+    data_path = resolve_local_or_remote(args.data)
     manifest = data.check_dataset(data_path)
-    run = build_run_config(args, data_path, common.resolve_local_or_remote(args.storage))
+    run = build_run_config(args, data_path, resolve_local_or_remote(args.storage))
     cfg = run.model
-    run_dir = runstate.run_dir(run.storage, run.name)
-    resume_from = runstate.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
+    run_dir = resume.run_dir(run.storage, run.name)
+    resume_from = resume.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
 
-    mode = common.init_ray()
+    mode = init_ray()
     if mode == "cluster" and "://" not in args.storage and not Path(args.storage).is_absolute():
         print(f"[train] note: --storage {args.storage} is relative; on a cluster it is {run.storage}")
     import ray
@@ -213,12 +212,12 @@ def _run(args: argparse.Namespace) -> int:
     use_gpu = run.gpu == "on" or (run.gpu == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     cpus_per_worker = trainer.cpus_per_worker(total_cpus, run.workers, use_gpu)
 
-    mlflow_uri = common.resolve_mlflow_uri(args.mlflow_uri)
-    experiment_id = common.setup_mlflow(mlflow_uri, args.experiment)
+    mlflow_uri = resolve_mlflow_uri(args.mlflow_uri)
+    experiment_id = setup_mlflow(mlflow_uri, args.experiment)
     run_id, created = registry.find_or_create_run(experiment_id, run_dir, run.name)
-    runstate.log_run_start(run_id, run, created, manifest, preset=args.preset)
+    runs.log_run_start(run_id, run, created, manifest, preset=args.preset)
     lineage.log_dataset_input(run_id, data_path, manifest, "training")
-    runstate.save_run_config(run_dir, cfg)
+    resume.save_run_config(run_dir, cfg)
     run = run.replace(
         shuffle_buffer=data.shuffle_buffer_size(run.shuffle, run.global_batch),
         torch_threads=max(1, int(total_cpus // run.workers)) if not use_gpu else None,
@@ -247,22 +246,22 @@ def _run(args: argparse.Namespace) -> int:
     result = trainer.fit(run, train_dataset, cpus_per_worker, use_gpu)
     outcome = result.return_value or {}
     if result.error is not None:
-        runstate.end_run(run_id, "FAILED")
-        print(f"error: training failed: {runstate.short_error(result.error)}", file=sys.stderr)
+        runs.end_run(run_id, "FAILED")
+        print(f"error: training failed: {runs.short_error(result.error)}", file=sys.stderr)
         return 1
     if outcome.get("abort_reason"):
-        runstate.end_run(run_id, "FAILED")
-        common.fail(outcome["abort_reason"])
+        runs.end_run(run_id, "FAILED")
+        fail(outcome["abort_reason"])
     if result.checkpoint is None:
-        runstate.end_run(run_id, "FAILED")
-        common.fail("training produced no checkpoint")
+        runs.end_run(run_id, "FAILED")
+        fail("training produced no checkpoint")
     if outcome.get("already_complete"):
         print(
             f"[train] run '{run.name}' had already finished at step {outcome.get('step')}; nothing to train "
             "(raise --steps to continue it); the model is not registered again",
             flush=True,
         )
-        runstate.end_run(run_id, "FINISHED")
+        runs.end_run(run_id, "FINISHED")
         write_result(
             args.result, {"status": "already_complete", "step": outcome.get("step"), "run_id": run_id}
         )
@@ -284,9 +283,9 @@ def _run(args: argparse.Namespace) -> int:
             args.alias_policy,
             version_tags=lineage.version_tags(data_path, manifest),
         )
-        runstate.log_final_checkpoint(run_id, checkpoint_dir)
-    runstate.log_learning_curve(run_id)
-    runstate.end_run(run_id, "FINISHED")
+        runs.log_final_checkpoint(run_id, checkpoint_dir)
+    runs.log_learning_curve(run_id)
+    runs.end_run(run_id, "FINISHED")
     summary.update(
         step=result.metrics.get("step"),
         checkpoint=result.checkpoint.path,

@@ -4,7 +4,7 @@ Embedded (local Ray, MLflow in ./mlruns/mlflow.db, search state in ./tune_runs/<
 
     python pipelines/tune.py --data data/shapes --preset tiny --trials 8 --max-steps 300 --minutes 5
 
-The default space (``pipelines/tune_space.py``) is a grid over the four beta schedules with
+The default space (``pipelines/tuning/space.py``) is a grid over the four beta schedules with
 zero-terminal-SNR, prediction type, validation sampler and steps, and learning rate drawn per trial;
 ``--space FILE`` (JSON/YAML) and ``--search KEY=SPEC`` change it, e.g.
 ``--search sampler.steps=5,10 --search train.lr=loguniform:1e-4,1e-2 --search sampler.name=``.
@@ -43,13 +43,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines import common, tune_report, tune_space
-from pipelines.common import UserError
-from pipelines.run_config import RunConfig
-from pipelines.tune_report import STATUS_TAG
+from pipelines.cli.args import training_parser
+from pipelines.cli.env import apply_env_defaults
+from pipelines.cli.files import resolve_local_or_remote
+from pipelines.tracking.store import DEFAULT_EXPERIMENT, resolve_mlflow_uri, setup_mlflow
+from pipelines.training.config import RunConfig
+from pipelines.tuning import report as tune_report
+from pipelines.tuning import space as tune_space
+from pipelines.tuning.report import STATUS_TAG
+from synth.cli import UserError, fail, parse_number, parse_positive_float
+from synth.ray_runtime import init_ray
 
 SEARCH_TAG = "sas.tune_dir"
 TRIAL_TAG = "sas.tune_trial"
@@ -62,7 +65,7 @@ METRICS = ("val/miou_free", "val/miou_tf")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = common.training_parser(
+    p = training_parser(
         __doc__,
         preset_help="base config: tiny|small|paper or a preset JSON file",
         set_help="fixed override of the base config, e.g. sampler.ensemble_size=2 (repeatable)",
@@ -76,44 +79,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="search one key: grid:a,b | a,b (choice) | loguniform:lo,hi | uniform:lo,hi | value | '' (drop)",
     )
     p.add_argument("--no-default-space", action="store_true", help="start from an empty space")
-    p.add_argument("--trials", type=common.parse_number, default=8, help="number of trials (default 8)")
-    p.add_argument("--max-steps", type=common.parse_number, help="steps per trial (default: train.max_steps)")
-    p.add_argument("--minutes", type=common.parse_positive_float, help="wall-clock budget per trial")
-    p.add_argument("--time-budget", type=common.parse_positive_float, help="minutes for the whole search")
-    p.add_argument(
-        "--val-every", type=common.parse_number, help="steps between validations (default max-steps/5)"
-    )
+    p.add_argument("--trials", type=parse_number, default=8, help="number of trials (default 8)")
+    p.add_argument("--max-steps", type=parse_number, help="steps per trial (default: train.max_steps)")
+    p.add_argument("--minutes", type=parse_positive_float, help="wall-clock budget per trial")
+    p.add_argument("--time-budget", type=parse_positive_float, help="minutes for the whole search")
+    p.add_argument("--val-every", type=parse_number, help="steps between validations (default max-steps/5)")
     p.add_argument("--metric", choices=METRICS, default="val/miou_free", help="what ASHA and the ranking use")
     p.add_argument("--reduction", type=float, default=2.0, help="ASHA reduction factor (default 2)")
     p.add_argument("--no-asha", action="store_true", help="run every trial to the end (FIFO)")
-    p.add_argument("--workers", type=common.parse_number, default=1, help="Ray Train workers per trial")
-    p.add_argument(
-        "--concurrency", type=common.parse_number, help="trials at a time (default: from CPUs/GPUs)"
-    )
-    p.add_argument("--val-scenes", type=common.parse_number, default=16, help="val scenes (default 16)")
-    p.add_argument("--val-free-scenes", type=common.parse_number, default=4, help="free-running (default 4)")
+    p.add_argument("--workers", type=parse_number, default=1, help="Ray Train workers per trial")
+    p.add_argument("--concurrency", type=parse_number, help="trials at a time (default: from CPUs/GPUs)")
+    p.add_argument("--val-scenes", type=parse_number, default=16, help="val scenes (default 16)")
+    p.add_argument("--val-free-scenes", type=parse_number, default=4, help="free-running (default 4)")
     p.add_argument("--storage", default="tune_runs", help="search + trial storage, local or s3://")
     p.add_argument("--name", help="search name (default tune-<preset>); same name + storage resumes")
     p.add_argument("--out", help="report folder (default <storage>/<name>/report, or ./tune_reports/<name>)")
     p.add_argument("--mlflow-uri", help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
-    p.add_argument("--experiment", default=common.DEFAULT_EXPERIMENT, help="MLflow experiment (default sas)")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment (default sas)")
     p.add_argument("--register", action="store_true", help="register the best trial's model")
     p.add_argument("--register-name", default="sas", help="registered model name (default sas)")
     p.add_argument("--alias-policy", choices=("better", "always", "never"), default="better")
     p.add_argument("--gpu", choices=("auto", "on", "off"), default="auto", help="use GPUs (default: if any)")
-    p.add_argument("--seed", type=common.parse_number, default=0, help="search and data seed (default 0)")
+    p.add_argument("--seed", type=parse_number, default=0, help="search and data seed (default 0)")
     p.add_argument("--cache", choices=("auto", "on", "off"), default="auto", help="as in train.py")
-    p.add_argument("--interrupt-after", type=common.parse_number, help=argparse.SUPPRESS)  # test hook
+    p.add_argument("--interrupt-after", type=parse_number, help=argparse.SUPPRESS)  # test hook
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    common.apply_env_defaults()
+    apply_env_defaults()
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except (UserError, tune_space.SpaceError) as exc:
-        common.fail(str(exc))
+        fail(str(exc))
 
 
 # ---- set-up (no Ray) ---------------------------------------------------------------------------
@@ -173,11 +172,11 @@ def _base_run(
 
 def _check_resume(exp_dir: str, state: dict[str, Any]) -> bool:
     """True if ``exp_dir`` holds this search already; ``UserError`` if it holds another one."""
-    from pipelines import runstate
+    from pipelines.training import resume
 
-    saved = runstate._read_text(f"{exp_dir}/{SEARCH_STATE_FILE}")
+    saved = resume.read_storage_text(f"{exp_dir}/{SEARCH_STATE_FILE}")
     if saved is None:
-        runstate._write_text(f"{exp_dir}/{SEARCH_STATE_FILE}", json.dumps(state, indent=2))
+        resume.write_storage_text(f"{exp_dir}/{SEARCH_STATE_FILE}", json.dumps(state, indent=2))
         return False
     before = json.loads(saved)
     for key in ("space", "base_config", "trials"):
@@ -236,19 +235,20 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines import data, registry, runstate, trainer
-    from pipelines.tracking import say
+    from pipelines.tracking import registry, runs
+    from pipelines.training import data, resume, trainer
+    from pipelines.training.worker_log import say
 
     started = time.time()
     trial_id = tune.get_context().get_trial_id()
     cfg = tune_space.trial_config(setup["base_config"], params, setup["prediction_types"])
     run = RunConfig.from_dict(setup["base_run"]).replace(model=cfg, name=f"trial-{trial_id}")
-    run_dir = runstate.run_dir(run.storage, run.name)
-    runstate.check_compatible(run_dir, cfg)
+    run_dir = resume.run_dir(run.storage, run.name)
+    resume.check_compatible(run_dir, cfg)
 
-    experiment_id = common.setup_mlflow(setup["mlflow_uri"], setup["experiment"])
+    experiment_id = setup_mlflow(setup["mlflow_uri"], setup["experiment"])
     run_id, created = registry.find_or_create_run(experiment_id, run_dir, run.name)
-    runstate.log_run_start(run_id, run, created, setup["manifest"], preset=setup["preset"])
+    runs.log_run_start(run_id, run, created, setup["manifest"], preset=setup["preset"])
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -257,7 +257,7 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     if created:
         effective = tune_space.effective_params(params, setup["prediction_types"])
         _log_params(run_id, {f"tune.{k}": v for k, v in effective.items()} | {"tune.trial_id": trial_id})
-    runstate.save_run_config(run_dir, cfg)
+    resume.save_run_config(run_dir, cfg)
 
     run = run.replace(
         shuffle_buffer=data.shuffle_buffer_size(run.shuffle, run.global_batch),
@@ -274,12 +274,12 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     )
     outcome = result.return_value or {}
     if result.error is not None or outcome.get("abort_reason"):
-        reason = outcome.get("abort_reason") or runstate.short_error(result.error)
-        runstate.end_run(run_id, "FAILED")
+        reason = outcome.get("abort_reason") or runs.short_error(result.error)
+        runs.end_run(run_id, "FAILED")
         client.set_tag(run_id, STATUS_TAG, "error")
         raise RuntimeError(f"trial {trial_id} failed: {reason}")
     client.set_tag(run_id, STATUS_TAG, "completed")
-    runstate.end_run(run_id, "FINISHED")
+    runs.end_run(run_id, "FINISHED")
 
 
 # ---- progress lines on the driver -------------------------------------------------------------
@@ -314,21 +314,22 @@ def _progress_callback(metric: str, interrupt_after: int | None) -> Any:
 
 # ---- the search ------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
-    from pipelines import data, registry, runstate, trainer
+    from pipelines.tracking import registry
+    from pipelines.training import data, resume, trainer
 
     trial_base, preset_base = _base_configs(args)
     space = tune_space.build_space(args.space, args.search, default=not args.no_default_space)
     checked = tune_space.check_space(space, trial_base.to_dict())
     max_steps = int(trial_base.train.max_steps)
     plan = _plan(args, space, max_steps)
-    data_path = common.resolve_local_or_remote(args.data)
+    data_path = resolve_local_or_remote(args.data)
     manifest = data.check_dataset(data_path)
     if manifest.split_count("val") == 0:
         raise UserError(f"dataset {data_path} has no 'val' split; the search ranks trials on val mIoU")
 
     name = args.name or f"tune-{Path(args.preset).stem}"
-    storage = common.resolve_local_or_remote(args.storage)
-    exp_dir = runstate.run_dir(storage, name)
+    storage = resolve_local_or_remote(args.storage)
+    exp_dir = resume.run_dir(storage, name)
     base_run = _base_run(args, trial_base, data_path, exp_dir, plan["val_every"])  # validated once
     out_dir = Path(
         args.out or (f"{exp_dir}/report" if "://" not in exp_dir else f"tune_reports/{name}")
@@ -343,13 +344,13 @@ def _run(args: argparse.Namespace) -> int:
         flush=True,
     )
 
-    common.init_ray()
+    init_ray()
     import ray
     from ray import tune
 
     res = _resources(args, plan)
-    mlflow_uri = common.resolve_mlflow_uri(args.mlflow_uri)
-    experiment_id = common.setup_mlflow(mlflow_uri, args.experiment)
+    mlflow_uri = resolve_mlflow_uri(args.mlflow_uri)
+    experiment_id = setup_mlflow(mlflow_uri, args.experiment)
     parent_id, created = registry.find_or_create_run(experiment_id, exp_dir, name)
     if created:
         _log_search_params(parent_id, args, space, plan, res, trial_base)

@@ -5,5 +5,4 @@
 - ``samplers``: DDPM, DDIM, DPM-Solver++(2M) behind one interface
 - ``segmenter`` (+ ``instances``, ``results``, ``overlay``, ``codec``): ``SequentialSegmenter``
 - ``checkpoint``: self-describing directories; ``pyfunc``: the MLflow model
-- ``bench_sampling``: sampling cost of the paper protocol vs the fast samplers
 """

@@ -26,6 +26,7 @@ CONFIG_FILE, MODEL_FILE, EMA_FILE, META_FILE = (
     "ema.safetensors",
     "meta.json",
 )
+MODEL_FILES = (CONFIG_FILE, MODEL_FILE, EMA_FILE, META_FILE)  # what a served model needs, nothing else
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -93,7 +93,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
         if str(exc).startswith(("empty image", "image too large")):
             raise
         raise ValueError(f"not a readable image ({_reason(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 - anything Pillow raises means "not a readable image"
+    except Exception as exc:
         raise ValueError(f"not a readable image ({_reason(exc)})") from None
     if array.ndim != 3 or array.shape[0] < 1 or array.shape[1] < 1:
         raise ValueError("empty image (0 pixels)")

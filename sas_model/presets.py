@@ -1,6 +1,6 @@
 """Named presets of ``ModelConfig``: ``paper`` (the reference protocol), ``small`` and ``tiny`` (CPU).
 
-``tiny`` was chosen with ``pipelines/bench_learning.py`` (learning curves in the model issue's note):
+``tiny`` was chosen with ``pipelines/bench/learning.py`` (learning curves in the model issue's note):
 x0 prediction with BCE + Dice on the clean-mask estimate, timesteps drawn with density ∝ t³ (the
 high-noise end, where the model must read the image, is where learning happens; at 1,000 steps this
 beat density ∝ t by 0.31 vs 0.30 layer-0 IoU and 0.32 vs 0.30 on layer 1), AdamW 2e-3, DDIM-5 (on a

@@ -19,21 +19,13 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__":  # run as a script: import the package from the repo root, not synth/
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path[0] = str(_REPO_ROOT)
-    elif str(_REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(_REPO_ROOT))
-
-from synth.cli import OneLineParser, UserError, one_line, parse_positive_number  # noqa: E402
-from synth.families import DEFAULT_FAMILY, FAMILIES  # noqa: E402
-from synth.ray_runtime import init_ray  # noqa: E402
-from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem  # noqa: E402
-from synth.schema import Manifest  # noqa: E402
-from synth.shards import (  # noqa: E402
+from synth.cli import OneLineParser, UserError, one_line, parse_positive_number
+from synth.families import DEFAULT_FAMILY, FAMILIES
+from synth.ray_runtime import init_ray
+from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem
+from synth.schema import Manifest
+from synth.shards import (
     TMP_DIR,
     JobConfig,
     delete_entries,
@@ -144,7 +136,7 @@ def prepare_output(out: str, endpoint: str | None, job: JobConfig, overwrite: bo
         filesystem.delete_file(probe)
         for entry in filesystem.get_file_info(fs.FileSelector(_join(root, TMP_DIR))):
             filesystem.delete_file(entry.path)  # leftovers of an interrupted run
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise UserError(f"cannot write to {out}: {one_line(exc)}") from None
     done: dict[int, dict] = {}
     for index in range(job.num_shards):
@@ -248,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             return 130
-        except Exception as exc:  # noqa: BLE001 - a worker failure: one line, finished shards kept
+        except Exception as exc:
             print(
                 f"error: generation failed ({one_line(exc)}); rerun the same command to resume",
                 file=sys.stderr,

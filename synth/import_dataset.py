@@ -27,26 +27,19 @@ import sys
 import time
 from pathlib import Path
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__":  # run as a script: import the package from the repo root, not synth/
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path[0] = str(_REPO_ROOT)
-    elif str(_REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(_REPO_ROOT))
-
-from synth.cli import OneLineParser, UserError  # noqa: E402
-from synth.generate import default_shard_size  # noqa: E402
-from synth.importers import coco, sas_folders  # noqa: E402
-from synth.importers.common import (  # noqa: E402
+from synth.cli import OneLineParser, UserError
+from synth.generate import default_shard_size
+from synth.importers import coco, sas_folders
+from synth.importers.common import (
     ImportReport,
     check_size,
     prepare_output,
     run_shards,
     write_import_manifest,
 )
-from synth.importers.export_sas import export_dataset  # noqa: E402
-from synth.reader import DatasetError, check_dataset  # noqa: E402
-from synth.splits import SPLITS  # noqa: E402
+from synth.importers.export_sas import export_dataset
+from synth.reader import DatasetError, check_dataset
+from synth.splits import SPLITS
 
 DEFAULT_RAY_THRESHOLD = 2000
 DEFAULT_SIZE = 64

@@ -13,22 +13,14 @@ import argparse
 import sys
 from collections import Counter
 from itertools import islice
-from pathlib import Path
 
-if __name__ == "__main__":  # run as a script: import the package from the repo root, not synth/
-    _root = str(Path(__file__).resolve().parents[1])
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path[0] = _root
-    elif _root not in sys.path:
-        sys.path.insert(0, _root)
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from synth.cli import one_line  # noqa: E402
-from synth.families import family_config  # noqa: E402
-from synth.reader import DatasetError, iter_scenes, load_manifest  # noqa: E402
-from synth.render import render_scenes  # noqa: E402
-from synth.schema import Scene  # noqa: E402
+from synth.cli import one_line
+from synth.families import family_config
+from synth.reader import DatasetError, iter_scenes, load_manifest
+from synth.render import render_scenes
+from synth.schema import Scene
 
 _PALETTE = np.array(
     [

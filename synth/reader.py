@@ -144,7 +144,7 @@ def check_dataset(path: str, endpoint_url: str | None = None) -> Manifest:
                 meta = pq.ParquetFile(handle).metadata
         except FileNotFoundError:
             raise DatasetError(f"shard {name} listed in the manifest is missing from {path}") from None
-        except Exception as exc:  # noqa: BLE001 - any read failure means a corrupt shard
+        except Exception as exc:
             raise DatasetError(f"shard {name} in {path} is corrupt: {one_line(exc)}") from None
         kv = meta.metadata or {}
         if kv.get(SCHEMA_VERSION_KEY) != str(SCHEMA_VERSION).encode():
@@ -177,7 +177,7 @@ def iter_scenes(
         try:
             handle = filesystem.open_input_file(_join(root, name))
             parquet = pq.ParquetFile(handle)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise DatasetError(f"shard {name} in {path} cannot be read: {one_line(exc)}") from None
         with handle:
             for batch in parquet.iter_batches(batch_size=batch_size, columns=list(COLUMNS)):

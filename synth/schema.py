@@ -1,6 +1,6 @@
 """The dataset schema (one row per scene) and the one encode/decode pair everybody uses.
 
-Encodings (chosen by measurement, see ``synth/bench_generate.py``):
+Encodings (chosen by measurement, see ``pipelines/bench/generate.py``):
 
 - ``image_png``: the RGB image as PNG bytes (lossless; the photo/noise backgrounds make raw
   pixels compress poorly, PNG still beats raw + zstd).

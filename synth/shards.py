@@ -126,7 +126,7 @@ def list_output(out: str, endpoint_url: str | None) -> tuple[Any, str, list[Any]
         entries = filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True))
     except UserError:
         raise
-    except Exception as exc:  # noqa: BLE001 - unreachable endpoint, permissions, bad bucket
+    except Exception as exc:
         raise UserError(f"cannot access {out}: {one_line(exc)}") from None
     return filesystem, root, entries
 
@@ -258,7 +258,7 @@ def read_shard_stats(filesystem, path: str, job: JobConfig, index: int) -> dict 
             meta = pq.ParquetFile(handle).metadata
     except FileNotFoundError:
         return None
-    except Exception:  # noqa: BLE001 - unreadable footer: treat as absent, it gets rewritten
+    except Exception:
         return None
     kv = meta.metadata or {}
     if CONFIG_KEY not in kv or STATS_KEY not in kv:

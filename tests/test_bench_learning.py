@@ -2,7 +2,7 @@
 
 import json
 
-from pipelines import bench_learning
+from pipelines.bench import learning as bench_learning
 
 
 def test_minimal_mode_reports_baselines_and_resumes(tmp_path, capsys):

@@ -46,8 +46,8 @@ def _register(env, checkpoint: str, name: str) -> None:
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-    from pipelines.common import setup_mlflow
-    from pipelines.registry import log_and_register
+    from pipelines.tracking.registry import log_and_register
+    from pipelines.tracking.store import setup_mlflow
 
     experiment_id = setup_mlflow(env["mlflow_uri"], "sas")
     run_id = MlflowClient().create_run(experiment_id).info.run_id
@@ -136,7 +136,7 @@ def test_compares_models_from_registry_and_checkpoints_in_one_table(env, local_r
     assert "evaluation" in contexts
     import mlflow
 
-    from pipelines import lineage
+    from pipelines.tracking import lineage
 
     version = client.get_model_version_by_alias("sas-full", "champion")
     assert version.tags["eval.train.run_id"] == run.info.run_id

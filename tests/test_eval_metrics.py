@@ -169,7 +169,7 @@ def test_accumulator_averages_images_and_renders_tables() -> None:
 
 
 def test_order_error_cases_split_the_wrong_pairs_by_cause():
-    from pipelines.probes.order_errors import edge_case
+    from pipelines.bench.probes.order_errors import edge_case
 
     assert [edge_case(f, b) for f, b in ((0, 1), (1, 1), (0, -1), (-1, 0), (-1, -1), (2, 0))] == [
         "right",

@@ -1,9 +1,13 @@
 """The packages' import graph, read with ``ast`` (nothing is imported): no cycles, even through
-imports inside functions, and the layering ``synth`` / ``sas_model`` below ``pipelines``."""
+imports inside functions; the layering ``synth`` / ``sas_model`` below ``pipelines``, and inside
+``pipelines`` its sub-packages in their documented order; scripts that run without ``sys.path`` edits
+and whose folders shadow no module."""
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,3 +92,61 @@ def test_synth_and_sas_model_import_neither_pipelines_nor_each_other():
         if name.split(".")[0] != "pipelines" and target.split(".")[0] != name.split(".")[0]
     )
     assert crossing == []
+
+
+# pipelines' helper sub-packages, lowest first: each imports only from its left (and synth, sas_model).
+# The entry points (pipelines/*.py) may import any of them; ``bench`` sits above the entry points.
+PIPELINES_LAYERS = ("cli", "tracking", "training", "tuning", "inference")
+
+
+def _layer(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "pipelines" or len(parts) < 2:
+        return None
+    if parts[1] in PIPELINES_LAYERS:
+        return PIPELINES_LAYERS.index(parts[1])
+    return len(PIPELINES_LAYERS) + (1 if parts[1] == "bench" else 0)  # entry points, then bench
+
+
+def test_pipelines_sub_packages_import_only_downwards():
+    upward = sorted(
+        (name, target)
+        for name, targets in _edges(_modules()).items()
+        for target in targets
+        if _layer(name) is not None
+        and _layer(target) is not None
+        and _layer(target) > _layer(name)
+        and not (name.split(".")[1] == target.split(".")[1] == "inference")  # tuning and inference are peers
+    )
+    assert upward == []
+
+
+def test_every_pipelines_module_lives_in_a_known_place():
+    entry_points = {"train", "tune", "evaluate", "predict", "main_job", "demo"}
+    for name in _modules():
+        parts = name.split(".")
+        if parts[0] == "pipelines" and len(parts) > 1:
+            assert parts[1] in entry_points or parts[1] in (*PIPELINES_LAYERS, "bench"), name
+
+
+def test_no_module_edits_sys_path():
+    edits = [
+        str(path.relative_to(REPO))
+        for path in _modules().values()
+        if "sys.path.insert" in path.read_text() or "sys.path[0] =" in path.read_text()
+    ]
+    assert edits == []
+
+
+def test_script_folders_shadow_no_installed_or_standard_module():
+    """``python pipelines/train.py`` puts ``pipelines/`` first on ``sys.path``: a file or folder there named
+    like a module that something imports (``tracking``, ``data``, ...) would be imported instead of it."""
+    installed = set(sys.stdlib_module_names) | set(importlib.metadata.packages_distributions())
+    script_folders = {path.parent for path in _modules().values() if "__main__" in path.read_text()}
+    shadowing = sorted(
+        str(entry.relative_to(REPO))
+        for folder in script_folders
+        for entry in folder.iterdir()
+        if (entry.suffix == ".py" or (entry / "__init__.py").exists()) and entry.stem in installed
+    )
+    assert shadowing == []

@@ -42,7 +42,7 @@ def test_ray_data_import_matches_the_in_process_import(capsys, tmp_path):
 def test_imported_datasets_feed_the_training_input_pipeline(capsys, tmp_path):
     """What ``pipelines/train.py --data`` reads: the manifest check and the Ray Data sample stream
     (L + 1 samples per train scene, terminal included) work on imported datasets of both kinds."""
-    from pipelines.data import build_train_dataset, check_dataset
+    from pipelines.training.data import build_train_dataset, check_dataset
 
     source = tmp_path / "reference"
     for i in range(4):

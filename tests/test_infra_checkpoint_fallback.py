@@ -11,7 +11,7 @@ import pytest
 def _model_and_optimizer():
     import torch
 
-    from pipelines.optim import EMA
+    from pipelines.training.optim import EMA
     from sas_model.config import ModelConfig
     from sas_model.model import SASModel
 
@@ -20,8 +20,8 @@ def _model_and_optimizer():
 
 
 def _checkpoint_dirs(root, steps):
-    from pipelines.optim import TrainerState
-    from pipelines.train_loop import _save
+    from pipelines.training.optim import TrainerState
+    from pipelines.training.worker import _save
 
     model, ema, optimizer = _model_and_optimizer()
     paths = []
@@ -36,8 +36,8 @@ def _checkpoint_dirs(root, steps):
 def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
     from ray.train import Checkpoint
 
-    from pipelines.runstate import checkpoint_candidates
-    from pipelines.train_loop import _restore_newest_readable
+    from pipelines.training.resume import checkpoint_candidates
+    from pipelines.training.worker import _restore_newest_readable
 
     paths = _checkpoint_dirs(tmp_path, [2, 4, 6])
     (paths[-1] / "model.safetensors").write_bytes(b"truncated upload")
@@ -53,7 +53,7 @@ def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, capsy
 def test_no_readable_checkpoint_is_an_error_naming_what_to_do(tmp_path):
     from ray.train import Checkpoint
 
-    from pipelines.train_loop import _restore_newest_readable
+    from pipelines.training.worker import _restore_newest_readable
 
     paths = _checkpoint_dirs(tmp_path, [2])
     (paths[0] / "trainer_state.pt").write_bytes(b"")

@@ -196,11 +196,11 @@ def test_s3_backed_job_leaks_no_secret_and_resume_skips_a_corrupt_checkpoint(liv
 def test_mlflow_server_down_during_training_buffers_metrics_and_sends_them_later(live):
     from mlflow.tracking import MlflowClient
 
-    from pipelines import common
-    from pipelines.tracking import RankZeroLogger
+    from pipelines.tracking.store import setup_mlflow
+    from pipelines.training.worker_log import RankZeroLogger
 
     uri = live["urls"]["mlflow"]
-    experiment_id = common.setup_mlflow(uri, "outage")
+    experiment_id = setup_mlflow(uri, "outage")
     run_id = MlflowClient(uri).create_run(experiment_id).info.run_id
     logger = RankZeroLogger(uri, run_id, enabled=True)
     logger.metrics(1, {"train/loss": 1.0})

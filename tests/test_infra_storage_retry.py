@@ -1,10 +1,10 @@
-"""Storage writes during training are retried with exponential backoff (``pipelines.retry``)."""
+"""Storage writes during training are retried with exponential backoff (``pipelines.training.retry``)."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.retry import StorageWriteError, backoff_delays, redact, with_retries
+from pipelines.training.retry import StorageWriteError, backoff_delays, redact, with_retries
 
 
 class FlakyWriter:
@@ -82,8 +82,8 @@ def test_checkpoint_upload_repeats_rays_copy_after_a_transient_error(monkeypatch
 
     import ray.train
 
-    from pipelines import retry
-    from pipelines.train_loop import upload_checkpoint
+    from pipelines.training import retry
+    from pipelines.training.worker import upload_checkpoint
 
     calls = []
 

@@ -13,7 +13,7 @@ from train_support import free_port
 def test_unreachable_server_costs_no_time_and_metrics_arrive_later(tmp_path, capsys, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import RankZeroLogger
+    from pipelines.training.worker_log import RankZeroLogger
 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)

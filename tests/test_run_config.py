@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipelines import train
-from pipelines.run_config import RunConfig
+from pipelines.training.config import RunConfig
 from sas_model.config import ModelConfig
 
 

@@ -126,7 +126,7 @@ def test_pyfunc_accepts_mixed_sizes_and_modes_and_names_the_bad_row(tmp_path, mo
 
 
 def test_progress_lines_in_logs_and_on_a_terminal():
-    from pipelines.progress import Progress
+    from pipelines.cli.progress import Progress
 
     now = [0.0]
     log = io.StringIO()
@@ -146,7 +146,7 @@ def test_progress_lines_in_logs_and_on_a_terminal():
 
 
 def test_progress_is_off_the_terminal_under_ci(monkeypatch):
-    from pipelines.progress import interactive
+    from pipelines.cli.progress import interactive
 
     class Tty(io.StringIO):
         def isatty(self):
@@ -159,10 +159,10 @@ def test_progress_is_off_the_terminal_under_ci(monkeypatch):
 
 
 def test_gpu_request_of_the_inference_actors():
-    from pipelines.common import UserError
     from pipelines.evaluate import build_parser as eval_parser
-    from pipelines.inference import actor_resources, resolve_gpus_per_worker
+    from pipelines.inference.options import actor_resources, resolve_gpus_per_worker
     from pipelines.predict import build_parser as predict_parser
+    from synth.cli import UserError
 
     assert resolve_gpus_per_worker(None, 0) == 0 and resolve_gpus_per_worker(None, 8) == 1
     assert resolve_gpus_per_worker(0.5, 1) == 0.5 and resolve_gpus_per_worker(0, 4) == 0
@@ -208,9 +208,9 @@ def test_actors_pass_the_gpu_request_to_ray_data(monkeypatch, tmp_path):
 
 
 def test_demo_model_defaults_to_the_champion_else_the_pretrained_checkpoint(tmp_path, monkeypatch):
-    from pipelines import inference
-    from pipelines.common import UserError
     from pipelines.demo import find_model
+    from pipelines.inference import models
+    from synth.cli import UserError
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # an empty store: no champion
     monkeypatch.delenv("SAS_PRETRAINED_MODEL", raising=False)
@@ -221,7 +221,7 @@ def test_demo_model_defaults_to_the_champion_else_the_pretrained_checkpoint(tmp_
     monkeypatch.setenv("SAS_PRETRAINED_MODEL", _checkpoint(tmp_path / "shipped"))
     assert find_model(None, tracking).checkpoint_dir == str((tmp_path / "shipped").resolve())
     asked = []
-    monkeypatch.setattr(inference, "resolve_model", lambda uri, tracking_uri: asked.append(uri))
+    monkeypatch.setattr(models, "resolve_model", lambda uri, tracking_uri: asked.append(uri))
     find_model("0123456789abcdef0123456789abcdef", tracking)
     find_model("models:/sas/3", tracking)
     assert asked == ["runs:/0123456789abcdef0123456789abcdef/model", "models:/sas/3"]

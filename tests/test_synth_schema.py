@@ -149,7 +149,7 @@ def test_the_manifest_is_typed_and_reads_back_as_the_json_it_was(dataset):
     import json
     from pathlib import Path
 
-    from pipelines.lineage import manifest_digest
+    from pipelines.tracking.lineage import manifest_digest
     from synth.schema import Manifest
 
     out, job = dataset

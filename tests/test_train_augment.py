@@ -1,10 +1,10 @@
-"""Training augmentations (pipelines/augment.py): flips and the perturbed-cumulative-mask noise."""
+"""Training augmentations (pipelines/training/augment.py): flips and the perturbed-cumulative-mask noise."""
 
 from __future__ import annotations
 
 import torch
 
-from pipelines.augment import (
+from pipelines.training.augment import (
     add_blob,
     dilate,
     drop_region,

@@ -81,7 +81,7 @@ def _latest_checkpoint(run_dir: Path) -> Path:
 
 
 def _trained_step(checkpoint: Path) -> int:
-    from pipelines.optim import load_trainer_state
+    from pipelines.training.optim import load_trainer_state
 
     return load_trainer_state(checkpoint).step
 
@@ -89,7 +89,7 @@ def _trained_step(checkpoint: Path) -> int:
 def _mlflow_run(env, run_dir: Path):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.registry import RUN_DIR_TAG
+    from pipelines.tracking.registry import RUN_DIR_TAG
 
     client = MlflowClient(env["mlflow_uri"])
     experiment = client.get_experiment_by_name("sas")
@@ -152,7 +152,7 @@ def test_two_worker_tiny_run_checkpoints_tracks_and_registers(env):
     assert result["run_id"] == run.info.run_id and Path(result["checkpoint"]) == checkpoint
 
     # lineage: the dataset is the run's input (mlflow.log_input) and the version carries its digest
-    from pipelines.lineage import manifest_digest
+    from pipelines.tracking.lineage import manifest_digest
 
     manifest = json.loads((Path(env["data"]) / "manifest.json").read_text())
     (dataset_input,) = run.inputs.dataset_inputs
@@ -193,7 +193,7 @@ def test_a_run_with_rays_timestamp_checkpoint_names_still_resumes(env, capsys):
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from pipelines.runstate import resume_checkpoint
+    from pipelines.training.resume import resume_checkpoint
 
     def old_style_loop(config):  # defined here so Ray ships it by value (the tests are no package)
         """The training loop's reports as they were before ``checkpoint_dir_name``: Ray names the
@@ -203,8 +203,8 @@ def test_a_run_with_rays_timestamp_checkpoint_names_still_resumes(env, capsys):
         import ray.train
         import torch
 
-        from pipelines.optim import EMA, TrainerState
-        from pipelines.train_loop import _save
+        from pipelines.training.optim import EMA, TrainerState
+        from pipelines.training.worker import _save
         from sas_model.config import ModelConfig
         from sas_model.model import SASModel
 

@@ -70,11 +70,11 @@ def test_batch_not_divisible_by_workers_is_one_line_error(dataset, tmp_path, cap
 
 
 def test_incompatible_resume_is_refused_before_touching_the_run(dataset, tmp_path, capsys):
-    from pipelines import runstate
+    from pipelines.training import resume
     from sas_model.config import ModelConfig
 
     run_dir = tmp_path / "runs" / "sas-tiny"
-    runstate.save_run_config(str(run_dir), ModelConfig.preset("tiny"))
+    resume.save_run_config(str(run_dir), ModelConfig.preset("tiny"))
     (run_dir / "checkpoint_2026-01-01_00-00-00.000000").mkdir()
     before = sorted(p.name for p in run_dir.iterdir())
     err = _run_expecting_error(
@@ -92,6 +92,6 @@ def test_incompatible_resume_is_refused_before_touching_the_run(dataset, tmp_pat
     assert sorted(p.name for p in run_dir.iterdir()) == before
     # schedule changes are compatible; a checkpoint folder Ray Train never reported is no run to resume
     assert (
-        runstate.check_compatible(str(run_dir), ModelConfig.preset("tiny").replace(**{"train.lr": 1e-4}))
+        resume.check_compatible(str(run_dir), ModelConfig.preset("tiny").replace(**{"train.lr": 1e-4}))
         is None
     )

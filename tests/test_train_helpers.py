@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import common
-from pipelines.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
-from pipelines.trainer import cpus_per_worker
+from pipelines.cli.args import parse_override
+from pipelines.tracking.store import default_artifact_location, resolve_mlflow_uri, setup_mlflow
+from pipelines.training.optim import EMA, TrainerState, load_trainer_state, lr_at, save_trainer_state
+from pipelines.training.trainer import cpus_per_worker
 from synth import ray_runtime
+from synth.cli import fail, parse_number, parse_positive_float
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,35 +25,35 @@ REPO = Path(__file__).resolve().parents[1]
     ("text", "value"), [("1e5", 100_000), ("250", 250), ("10_000", 10_000), ("2.5e3", 2500)]
 )
 def test_parse_number_accepts_scientific_counts(text, value):
-    assert common.parse_number(text) == value
+    assert parse_number(text) == value
 
 
 @pytest.mark.parametrize("text", ["1.5", "-3", "abc", "1e-3", "1e9999", "inf", "nan"])
 def test_parse_number_rejects_non_counts(text):
     with pytest.raises(argparse.ArgumentTypeError):
-        common.parse_number(text)
+        parse_number(text)
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "abc", "inf", "nan", "1e9999"])
 def test_parse_positive_float_rejects_what_is_not_a_finite_positive_number(text):
     with pytest.raises(argparse.ArgumentTypeError):
-        common.parse_positive_float(text)
-    assert common.parse_positive_float("0.5") == 0.5
+        parse_positive_float(text)
+    assert parse_positive_float("0.5") == 0.5
 
 
 def test_parse_override_types_values():
-    assert common.parse_override("train.lr=3e-4") == ("train.lr", 3e-4)
-    assert common.parse_override("train.steps=1e5") == ("train.steps", 100_000)
-    assert common.parse_override("unet.channel_mult=1,2,2") == ("unet.channel_mult", [1, 2, 2])
-    assert common.parse_override("sampler.kind=ddim") == ("sampler.kind", "ddim")
-    assert common.parse_override("train.amp=false") == ("train.amp", False)
+    assert parse_override("train.lr=3e-4") == ("train.lr", 3e-4)
+    assert parse_override("train.steps=1e5") == ("train.steps", 100_000)
+    assert parse_override("unet.channel_mult=1,2,2") == ("unet.channel_mult", [1, 2, 2])
+    assert parse_override("sampler.kind=ddim") == ("sampler.kind", "ddim")
+    assert parse_override("train.amp=false") == ("train.amp", False)
     with pytest.raises(argparse.ArgumentTypeError):
-        common.parse_override("no-equals-sign")
+        parse_override("no-equals-sign")
 
 
 def test_fail_prints_one_line_and_exits_2(capsys):
     with pytest.raises(SystemExit) as info:
-        common.fail("dataset missing:\n  /nowhere")
+        fail("dataset missing:\n  /nowhere")
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err == "error: dataset missing: /nowhere\n"
@@ -70,12 +72,12 @@ def test_cluster_mode_follows_ray_address_and_job_env(monkeypatch):
 
 def test_mlflow_uri_defaults_to_local_sqlite(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    uri = common.resolve_mlflow_uri(None, base_dir=tmp_path)
+    uri = resolve_mlflow_uri(None, base_dir=tmp_path)
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
-    assert common.default_artifact_location(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
+    assert default_artifact_location(uri) == (tmp_path / "mlruns" / "artifacts").resolve().as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5055")
-    assert common.resolve_mlflow_uri(None) == "http://127.0.0.1:5055"
-    assert common.resolve_mlflow_uri("http://other:1") == "http://other:1"
+    assert resolve_mlflow_uri(None) == "http://127.0.0.1:5055"
+    assert resolve_mlflow_uri("http://other:1") == "http://other:1"
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine():
@@ -124,10 +126,10 @@ def test_champion_alias_moves_only_when_metric_improves(tmp_path, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from pipelines import registry
+    from pipelines.tracking import registry
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
-    common.setup_mlflow(f"sqlite:///{tmp_path}/mlflow.db", "alias-test")
+    setup_mlflow(f"sqlite:///{tmp_path}/mlflow.db", "alias-test")
     client = MlflowClient()
     client.create_registered_model("m")
     source = tmp_path / "model"
@@ -166,7 +168,7 @@ def test_train_cli_help_runs_without_ray():
 def test_schedule_step_follows_the_wall_clock_budget_when_it_runs_ahead() -> None:
     import time
 
-    from pipelines.train_loop import schedule_step
+    from pipelines.training.worker import schedule_step
 
     now = time.time()
     assert schedule_step(10, 1000, now, None) == 10  # no budget: the step count
@@ -176,7 +178,7 @@ def test_schedule_step_follows_the_wall_clock_budget_when_it_runs_ahead() -> Non
 
 
 def test_validation_samples_cheaply_whatever_the_preset():
-    from pipelines.validate import validation_sampler
+    from pipelines.training.validate import validation_sampler
     from sas_model.config import ModelConfig
 
     assert validation_sampler(ModelConfig.preset("tiny").sampler) == {}  # DDIM-5: as it is
@@ -199,13 +201,13 @@ class _Toy(torch.nn.Module):
 
 
 def _toy_batch() -> dict[str, torch.Tensor]:
-    from pipelines.optim import MODEL_INPUTS
+    from pipelines.training.optim import MODEL_INPUTS
 
     return {name: torch.ones(2, 4, 4) for name in MODEL_INPUTS}
 
 
 def test_train_step_updates_model_and_ema_and_skips_non_finite_losses():
-    from pipelines.optim import TrainStep, make_optimizer
+    from pipelines.training.optim import TrainStep, make_optimizer
 
     model = _Toy()
     ema = EMA(model, 0.5)
@@ -220,7 +222,7 @@ def test_train_step_updates_model_and_ema_and_skips_non_finite_losses():
 
 
 def test_bad_step_policy_aborts_after_max_in_a_row_and_meter_skips_the_start_up_window():
-    from pipelines.train_loop import BadSteps, ThroughputMeter
+    from pipelines.training.worker import BadSteps, ThroughputMeter
 
     bad = BadSteps(3)
     assert bad.skipped(5, rank=1) == "" and bad.skipped(5, rank=1) == ""

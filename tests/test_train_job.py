@@ -146,6 +146,6 @@ def test_ray_job_submit_runs_training_on_the_cluster(ray_head, tmp_path):
     checkpoints = sorted(p for p in (storage / "sas-tiny").glob("checkpoint_*") if p.is_dir())
     assert checkpoints
 
-    from pipelines.optim import load_trainer_state
+    from pipelines.training.optim import load_trainer_state
 
     assert load_trainer_state(checkpoints[-1]).step == 4

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 
-from pipelines import tune_report
-from pipelines.files import write_text_atomic
+from pipelines.cli.files import write_text_atomic
+from pipelines.tuning import report as tune_report
 
 
 def _row(trial, schedule, miou, tf=0.5, passes=30.0, status="completed"):

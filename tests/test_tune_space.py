@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipelines import tune_space
+from pipelines.tuning import space as tune_space
 from sas_model.config import ModelConfig
 
 TINY = ModelConfig.preset("tiny").to_dict()

@@ -157,7 +157,7 @@ def prepare_output(out: str, endpoint: str | None, overwrite: bool) -> None:
     delete_entries(filesystem, ours)
     try:
         filesystem.create_dir(_join(root, TMP_DIR), recursive=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise UserError(f"cannot write to {out}: {one_line(exc)}") from None
 
 

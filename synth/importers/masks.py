@@ -1,7 +1,7 @@
 """COCO segmentations -> bool masks. Polygons are rasterised by ``pycocotools`` (the rasteriser that
 defines the datasets' masks; the former numpy scanline fill differed on boundary pixels and was 30x
 slower). RLE (compressed or not) is parsed, checked and expanded in numpy: proven identical to
-pycocotools' decoder by property tests and as fast or faster (``synth/bench_masks.py``), since the
+pycocotools' decoder by property tests and as fast or faster (``pipelines/bench/masks.py``), since the
 checks need the parsed counts anyway. A malformed annotation is a readable ``AnnotationError``.
 
 Accepted forms of one segmentation (``height``/``width`` are the image's):
@@ -17,7 +17,7 @@ Accepted forms of one segmentation (``height``/``width`` are the image's):
 
 Runs that cover fewer pixels than the image leave the rest empty. ``fill_polygon`` (pixel-centre
 scanline fill, numpy) is the former polygon decoder, kept as a reference: it differs from
-``pycocotools`` on the boundary pixels of most non-rectangular polygons (``synth/bench_masks.py``
+``pycocotools`` on the boundary pixels of most non-rectangular polygons (``pipelines/bench/masks.py``
 measures both and the difference).
 """
 
@@ -164,7 +164,7 @@ def decode_rle(rle: dict[str, Any], height: int, width: int) -> np.ndarray:
     if pixels == 0:
         return np.zeros((height, width), dtype=bool)
     # The runs expand in numpy: identical to pycocotools' decoder (property test) and as fast or
-    # faster once the counts are parsed, which the checks above need anyway (synth/bench_masks.py).
+    # faster once the counts are parsed, which the checks above need anyway (pipelines/bench/masks.py).
     values = np.repeat((np.arange(counts.size) % 2).astype(bool), counts)
     flat = np.zeros(pixels, dtype=bool)
     flat[:total] = values

@@ -1,0 +1,1 @@
+"""What every command line needs: environment defaults, ``--set`` parsing, atomic files, progress."""
