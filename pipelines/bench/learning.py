@@ -228,7 +228,7 @@ def _state_path(save: Path) -> Path:
     return save / "probe_state.pt"
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="tiny", help="preset name or a config JSON file")
     ap.add_argument("--set", nargs="*", default=[], help="dotted overrides, e.g. train.lr=2e-3")
@@ -253,25 +253,69 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file for the curve")
     ap.add_argument("--save", default=None, help="resumable state and the final EMA checkpoint go here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.minimal:
         args.family = "flat2" if args.family == "textured" else args.family
         args.layers = args.layers if args.layers is not None else [0]
         args.set = ["diffusion.mode=deterministic", *args.set]
         args.quick = True
+    return args
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+
+def probe_config(args: argparse.Namespace) -> tuple[ModelConfig, Any]:
+    """The model config (preset, ``--set``, ``--batch``) and the scene family's render config."""
     cfg = ModelConfig.load(args.preset) if args.preset.endswith(".json") else ModelConfig.preset(args.preset)
     cfg = cfg.replace(**dict(parse_override(item) for item in args.set))
     if args.batch:
         cfg = cfg.replace(**{"train.batch_size": args.batch})
-    render = family_config(args.family, cfg.image_size)
-    if args.objects:
-        render = family_config(
-            args.family, cfg.image_size, min_objects=args.objects[0], max_objects=args.objects[1]
-        )
+    counts = {"min_objects": args.objects[0], "max_objects": args.objects[1]} if args.objects else {}
+    return cfg, family_config(args.family, cfg.image_size, **counts)
+
+
+class ProbeState:
+    """The resumable state under ``--save``: model, EMA, optimiser, sample stream, clock and curve,
+    written atomically after every evaluation."""
+
+    def __init__(self, save: Path, model: SASModel, ema: EMA, opt: torch.optim.Optimizer, stream: Any):
+        self.path, self.model, self.ema, self.opt, self.stream = _state_path(save), model, ema, opt, stream
+
+    def load(self, device: torch.device) -> tuple[int, float, list[dict[str, Any]]] | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location=device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"], int(state.get("ema_updates", state["step"])))
+        self.opt.load_state_dict(state["optimizer"])
+        self.stream.restore(state["stream"])
+        return int(state["step"]), float(state["train_s"]), json.loads(state["curve"])
+
+    def save(self, step: int, train_s: float, curve: list[dict[str, Any]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "ema_updates": self.ema.num_updates,
+            "optimizer": self.opt.state_dict(),
+            "stream": self.stream.state(),
+            "step": step,
+            "train_s": train_s,
+            "curve": json.dumps(curve),
+        }
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    cfg, render = probe_config(args)
     layers = tuple(args.layers) if args.layers is not None else None
     model = SASModel(cfg).to(device)
     tc = cfg.train
@@ -280,18 +324,14 @@ def main(argv: list[str] | None = None) -> None:
     train_step = TrainStep(model, opt, ema, device, tc.precision, tc.grad_clip)
     stream = SampleStream(args.seed, render, layers=layers, workers=args.render_workers)
     val = val_scenes(args.seed, render, args.val_scenes)
-    save = Path(args.save) if args.save else None
+    state = ProbeState(Path(args.save), model, ema, opt, stream) if args.save else None
     out = Path(args.out) if args.out else None
     train_s, step, curve = 0.0, 0, []
-    if save and _state_path(save).exists():
-        state = torch.load(_state_path(save), map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"], int(state.get("ema_updates", state["step"])))
-        opt.load_state_dict(state["optimizer"])
-        stream.restore(state["stream"])
-        step, train_s, curve = int(state["step"]), float(state["train_s"]), json.loads(state["curve"])
+    resumed = state.load(device) if state else None
+    if resumed:
+        step, train_s, curve = resumed
         torch.manual_seed(args.seed + step)
-        print(f"[probe] resumed from {save} at step {step}", flush=True)
+        print(f"[probe] resumed from {args.save} at step {step}", flush=True)
     print(
         f"[probe] preset={cfg.name} params={model.num_parameters():,} family={args.family} "
         f"objects={render.min_objects}-{render.max_objects} layers={layers or 'all'} overrides={args.set} "
@@ -339,24 +379,12 @@ def main(argv: list[str] | None = None) -> None:
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
             next_eval += args.eval_steps if total else args.eval_every * 60
-            if save:
-                save.mkdir(parents=True, exist_ok=True)
-                state = {
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "ema_updates": ema.num_updates,
-                    "optimizer": opt.state_dict(),
-                    "stream": stream.state(),
-                    "step": step,
-                    "train_s": train_s,
-                    "curve": json.dumps(curve),
-                }
-                tmp = _state_path(save).with_suffix(".tmp")
-                torch.save(state, tmp)
-                tmp.replace(_state_path(save))
+            if state:
+                state.save(step, train_s, curve)
     stream.close()
-    if save:
-        save_checkpoint(save / "checkpoint", ema_model(model, ema), extra={"step": step, "probe": vars(args)})
+    if args.save:
+        checkpoint = Path(args.save) / "checkpoint"
+        save_checkpoint(checkpoint, ema_model(model, ema), extra={"step": step, "probe": vars(args)})
 
 
 if __name__ == "__main__":
