@@ -179,3 +179,17 @@ def test_order_error_cases_split_the_wrong_pairs_by_cause():
         "both_lost",
         "reversed",
     ]
+
+
+def test_layer0_decision_rules_absolute_relative_and_oracle_count():
+    import numpy as np
+
+    from pipelines.bench.probes.layer0_decisions import rules
+
+    scores = np.array([0.95, 0.8, 0.6, 0.1])  # both of the first two clear 0.5; only one is in front
+    decided = rules(scores, in_mask=np.array([True, True, True, False]), n_front=1)
+    assert decided["absolute 0.5"].tolist() == [True, True, True, False]
+    assert decided["relative 0.2"].tolist() == [True, True, False, False]
+    assert decided["relative 0.1"].tolist() == [True, False, False, False]
+    assert decided["top-n (oracle count)"].tolist() == [True, False, False, False]
+    assert decided["mask"].tolist() == [True, True, True, False]
