@@ -16,13 +16,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipelines.tracking.store import flatten_dict
 from synth.cli import UserError
-
-if TYPE_CHECKING:
-    pass
 
 RUN_CONFIG_FILE = "sas_run.json"
 MUTABLE_SECTIONS = ("name", "train", "sampler")
