@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cli.env import REPO_ROOT, apply_env_defaults
+from pipelines.cli.env import apply_env_defaults
 from pipelines.tracking.store import resolve_mlflow_uri
 from synth.cli import UserError, fail
+from synth.ray_runtime import REPO_ROOT
 
 DEFAULT_MODEL = "models:/sas@champion"
 PRETRAINED_ENV = "SAS_PRETRAINED_MODEL"

@@ -25,9 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.cli.env import REPO_ROOT, apply_env_defaults
+from pipelines.cli.env import apply_env_defaults
 from pipelines.cli.files import write_bytes_atomic
 from synth.cli import fail, parse_number, parse_positive_float
+from synth.ray_runtime import REPO_ROOT
 
 # The main job's recipe (docs/RESULTS.md, "Round 4"): the family where the model learns order within
 # a 2-core CPU budget, a step budget so a faster CPU learns the same model, and a time cap.

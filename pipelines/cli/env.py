@@ -5,11 +5,8 @@ telemetry, no EC2 metadata lookups, unbuffered output) that never override what 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from pipelines.cli.progress import interactive
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Quiet, local-only defaults; anything the user already exported wins.
 ENV_DEFAULTS = {

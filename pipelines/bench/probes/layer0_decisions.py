@@ -21,17 +21,11 @@ mask (an object is in when the mask covers most of its visible pixels)::
 
 from __future__ import annotations
 
-import argparse
 import json
-from itertools import islice
 
 import numpy as np
-import torch
 
-from pipelines.inference.models import resolve_model
-from sas_model.checkpoint import load_model
-from sas_model.segmenter import SequentialSegmenter
-from synth.reader import iter_scenes
+from pipelines.bench.probes import scene_probe
 
 ABSOLUTE = (0.3, 0.5, 0.7, 0.9)
 RELATIVE = (0.05, 0.1, 0.2, 0.3)
@@ -55,16 +49,9 @@ def _mean(values: list[int]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a checkpoint or run folder, or models:/NAME@ALIAS")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--scenes", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = scene_probe.parser(__doc__, scenes=256)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    segmenter = SequentialSegmenter(load_model(resolve_model(args.model).checkpoint_dir), device="cpu")
-    scenes = [s for s in islice(iter_scenes(args.data, split=args.split), args.scenes) if s.has_instances]
+    segmenter, scenes = scene_probe.load(args)
     images = np.stack([s.image for s in scenes])
     pred = segmenter.predict_layer(images, np.zeros(images.shape[:3], dtype=bool), seed=0)
     split: dict[str, list[int]] = {}

@@ -17,21 +17,15 @@ segmented with another sampler setting; the report also gives the free-running s
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections import Counter
-from itertools import islice
 
 import numpy as np
-import torch
 
+from pipelines.bench.probes import scene_probe
 from pipelines.cli.args import parse_override
-from pipelines.inference.models import resolve_model
 from pipelines.training.validate import free_running_summary
-from sas_model.checkpoint import load_model
 from sas_model.metrics import object_layers
-from sas_model.segmenter import SequentialSegmenter
-from synth.reader import iter_scenes
 
 SUMMARY_KEYS = ("miou_free", "iou_free/layer0", "iou_free/layer1", "pair_order", "layer_count_acc")
 CASES = ("right", "same", "back_lost", "front_lost", "both_lost", "reversed")
@@ -49,17 +43,10 @@ def edge_case(front: int, back: int) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a checkpoint or run folder, or models:/NAME@ALIAS")
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--scenes", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
+    ap = scene_probe.parser(__doc__, scenes=64)
     ap.add_argument("--sampler", nargs="*", type=parse_override, default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    segmenter = SequentialSegmenter(load_model(resolve_model(args.model).checkpoint_dir), device="cpu")
-    scenes = [s for s in islice(iter_scenes(args.data, split=args.split), args.scenes) if s.has_instances]
+    segmenter, scenes = scene_probe.load(args)
     summary, results = free_running_summary(segmenter, scenes, seed=0, sampler_overrides=dict(args.sampler))
     cases: Counter[str] = Counter()
     by_true_layer: dict[str, Counter[str]] = {}
