@@ -1,4 +1,4 @@
-"""Instance-level metrics (pure numpy + scipy): matching, AP, invisible-region IoU, occlusion order.
+"""Instance-level metrics (pure numpy + scipy): matching, AP, invisible-region IoU.
 
 Predicted objects are amodal masks ``bool[P,H,W]`` with scores ``float[P]`` (the segmenter's ensemble
 agreement) and layers ``int[P]``; ground truth is amodal and visible masks ``bool[N,H,W]`` and
@@ -13,8 +13,9 @@ occlusion edges ``int[E,2]`` ``(front, back)``.
 - **Invisible-region IoU** of a GT object with an occluded part (amodal minus visible): IoU of the
   matched prediction's mask outside the GT visible part against the GT occluded part; 0 for an
   unmatched object.
-- **Occlusion order**: over GT occluding pairs whose both objects are matched, the fraction where
-  the prediction of the front object sits in an earlier layer than the prediction of the back one.
+
+Occlusion order is not scored here but per true object and edge (``sas_model.metrics.edge_order_hits``):
+matching would drop a pair merged into one layer instead of counting it wrong.
 """
 
 from __future__ import annotations
@@ -101,18 +102,3 @@ def invisible_ious(
         union = np.logical_or(predicted, occluded).sum()
         out.append(float(np.logical_and(predicted, occluded).sum() / union))
     return out
-
-
-def order_pairs(pred_layers: np.ndarray, true_edges: np.ndarray, matches: dict[int, int]) -> tuple[int, int]:
-    """``(correct, pairs)`` over GT occlusion edges ``int[E,2]`` (front, back) with both ends matched.
-
-    A pair is correct when the front object's prediction has a smaller layer than the back one's
-    (``pred_layers int[P]``); same-layer predictions count as wrong.
-    """
-    true_to_pred = {t: p for p, t in matches.items()}
-    correct = pairs = 0
-    for front, back in np.asarray(true_edges, dtype=np.int64).reshape(-1, 2):
-        if int(front) in true_to_pred and int(back) in true_to_pred:
-            pairs += 1
-            correct += int(pred_layers[true_to_pred[int(front)]] < pred_layers[true_to_pred[int(back)]])
-    return correct, pairs

@@ -17,11 +17,18 @@ Summary keys (means over images unless said otherwise):
 
 - ``miou_free``: image mIoU of the free-running segmentation (missed and extra layers count 0);
   ``iou_free/layer{k}``: per true layer index, over the images that have layer k;
-- ``trivial/layer{k}``: the trivial answer "everything not yet in ``C_k``" (layer 0: "every object is
-  in front"), and ``margin_free/layer{k}`` / ``margin_tf/layer{k}``: the model's IoU minus it;
-- ``pair_order``: over true occlusion edges, the front object's predicted layer (the free-running
-  layer covering most of its visible pixels) is smaller than the back one's; no instance matching,
-  so it measures order even when masks are rough (``pair_order_pairs``: how many edges);
+- ``trivial/layer{k}``: the trivial answer "everything not yet in ``C_k``" given the true ``C_k``
+  (layer 0: "every object is in front"); ``margin_tf/layer{k}``: the teacher-forced IoU minus it
+  (both given the true ``C_k``); ``margin_free/layer0``: the free-running layer 0 minus it (``C_0`` is
+  empty for both). No free-running margin for k >= 1: the model's ``C_k`` is its own, the trivial
+  answer's the true one, so the two would not be comparable;
+- order, per object and per edge, on the free-running layers (the *headline* order figures; no
+  instance matching, so a pair merged into one layer counts as wrong instead of dropping out):
+  ``pair_order`` over every true occlusion edge, the front object's predicted layer (the layer that
+  covers most of its visible pixels) is smaller than the back one's (``pair_order_pairs``: edges);
+  ``pair_order_decidable`` over the edges whose visible masks share at least
+  ``metrics.DECIDABLE_BORDER`` px of border (``decidable_fraction``: their share of the edges);
+  ``object_layer_acc``: objects whose predicted layer equals their true layer (``objects``: count);
 - ``miou_tf``, ``iou_tf/layer{k}``: the same with each layer predicted teacher-forced (given the true
   ``C_k``), mean over true layers only; ``stop_acc``: given the true ``C_L`` the model predicts an
   empty layer; ``continue_acc``: given ``C_k``, k < L, it predicts a non-empty one;
@@ -31,8 +38,9 @@ Summary keys (means over images unless said otherwise):
   (ours: Hungarian matching, pooled over all predictions); ``coco_ap``, ``coco_ap50``,
   ``coco_ap75``: the same predictions scored by ``pycocotools`` ``COCOeval`` (greedy by score,
   maxDets 100; comparable with published amodal AP; differences in ``sas_model.coco_eval``);
-  ``invisible_iou`` (mean over occluded GT objects), ``order_acc``
-  (pooled over pairs) and ``order_pairs``, ``instances_true``, ``instances_pred``;
+  ``invisible_iou`` (mean over occluded GT objects), ``instances_true``, ``instances_pred``.
+  (The former ``order_acc``, order over pairs whose both objects were matched at IoU >= 0.5, is gone:
+  a pair merged into one layer left it instead of counting as wrong, so it hid the main failure.)
 - calibration: ``unc/err_rate/bin{i}`` and ``unc/frac/bin{i}`` (pixels of predicted layers whose
   ensemble variance falls in bin i; bin 0 is "all members agree"), ``unc/err_rate_agree`` and
   ``unc/err_rate_disagree``.
@@ -118,8 +126,10 @@ def score_image(
     if tf_terminal is not None:
         record["tf_stop"] = lm.stop_correct(tf_terminal, min_foreground)
     if objects_truth is not None:
-        correct, pairs = lm.pair_order(pred_layers, objects_truth.visible, objects_truth.edges)
-        record["pair_correct"], record["pair_total"] = correct, pairs
+        visible, edges = objects_truth.visible, objects_truth.edges
+        record["edge_hits"] = lm.edge_order_hits(pred_layers, visible, edges).tolist()
+        record["edge_decidable"] = lm.decidable_edges(visible, edges).tolist()
+        record["object_hits"] = lm.object_layer_hits(pred_layers, visible, edges).tolist()
     if objects_truth is not None and pred_objects is not None:
         record["instances"] = _score_instances(objects_truth, pred_objects, true_layers.shape[1:], scene_id)
     return record
@@ -128,18 +138,15 @@ def score_image(
 def _score_instances(
     truth: ObjectsTruth, pred_objects: Sequence[Any], shape: tuple[int, ...], scene_id: int = -1
 ) -> dict[str, Any]:
-    masks, scores, layers = object_arrays(pred_objects, (int(shape[0]), int(shape[1])))
+    masks, scores, _ = object_arrays(pred_objects, (int(shape[0]), int(shape[1])))
     true_amodal = np.asarray(truth.amodal, dtype=bool)
     ious = im.iou_matrix(masks, true_amodal)
     matches = im.match(ious, 0.5)
-    correct, pairs = im.order_pairs(layers, truth.edges, matches)
     return {
         "num_true": len(true_amodal),
         "scores": scores.tolist(),
         "tp": im.true_positives(ious).astype(int).tolist(),
         "invisible_ious": im.invisible_ious(masks, true_amodal, np.asarray(truth.visible, bool), matches),
-        "order_correct": correct,
-        "order_pairs": pairs,
         "coco": coco_eval.image_entry(scene_id, true_amodal, masks, scores),
     }
 
@@ -172,12 +179,9 @@ class MetricsAccumulator:
         trivial = [r["trivial_ious"] for r in recs if "trivial_ious" in r]
         for k, value in _by_index(trivial).items():
             out[f"trivial/layer{k}"] = value
-            if f"iou_free/layer{k}" in out:
-                out[f"margin_free/layer{k}"] = out[f"iou_free/layer{k}"] - value
-        pair_total = sum(r.get("pair_total", 0) for r in recs)
-        if pair_total:
-            out["pair_order"] = sum(r.get("pair_correct", 0) for r in recs) / pair_total
-            out["pair_order_pairs"] = float(pair_total)
+        if "iou_free/layer0" in out and "trivial/layer0" in out:
+            out["margin_free/layer0"] = out["iou_free/layer0"] - out["trivial/layer0"]
+        out.update(_order_summary(recs))
         out["layer_count_acc"] = _mean(r["num_pred_layers"] == r["num_true_layers"] for r in recs)
         out["extra_layer_rate"] = _mean(r["num_pred_layers"] > r["num_true_layers"] for r in recs)
         out["missed_layer_rate"] = _mean(r["num_pred_layers"] < r["num_true_layers"] for r in recs)
@@ -228,10 +232,6 @@ class MetricsAccumulator:
         invisible = [v for i in inst for v in i["invisible_ious"]]
         if invisible:
             out["invisible_iou"] = _mean(invisible)
-        pairs = sum(i["order_pairs"] for i in inst)
-        out["order_pairs"] = float(pairs)
-        if pairs:
-            out["order_acc"] = sum(i["order_correct"] for i in inst) / pairs
         return out
 
     def coco_dicts(self) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
@@ -305,8 +305,8 @@ COUNT_KEYS = (
     "images_with_instances",
     "instances_true",
     "instances_pred",
-    "order_pairs",
     "pair_order_pairs",
+    "objects",
 )
 
 
@@ -316,6 +316,25 @@ def _fmt(name: str, value: float | None) -> str:
     if name in COUNT_KEYS:
         return str(int(value))
     return f"{value:.1f}" if name == "unet_passes_mean" else f"{value:.4f}"
+
+
+def _order_summary(recs: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """``pair_order`` (+ ``_pairs``), ``pair_order_decidable``, ``decidable_fraction``,
+    ``object_layer_acc`` and ``objects``, pooled over the edges and objects of ``recs``."""
+    hits = [h for r in recs for h in r.get("edge_hits", [])]
+    decidable = [d for r in recs for d in r.get("edge_decidable", [])]
+    objects = [h for r in recs for h in r.get("object_hits", [])]
+    out: dict[str, float] = {}
+    if hits:
+        out["pair_order"] = _mean(hits)
+        out["pair_order_pairs"] = float(len(hits))
+        out["decidable_fraction"] = _mean(decidable)
+        if any(decidable):
+            out["pair_order_decidable"] = _mean(h for h, d in zip(hits, decidable, strict=True) if d)
+    if objects:
+        out["object_layer_acc"] = _mean(objects)
+        out["objects"] = float(len(objects))
+    return out
 
 
 def _mean(values: Any) -> float:

@@ -60,7 +60,7 @@ def test_perfect_prediction_scores_one_everywhere() -> None:
     assert s["layer_count_acc"] == 1.0 and s["extra_layer_rate"] == 0.0 and s["missed_layer_rate"] == 0.0
     assert s["ap"] == s["ap50"] == s["ap75"] == 1.0
     assert s["invisible_iou"] == 1.0  # only BACK has an occluded part
-    assert s["order_acc"] == 1.0 and s["order_pairs"] == 1
+    assert s["pair_order"] == 1.0 and s["pair_order_pairs"] == 1 and s["object_layer_acc"] == 1.0
     assert s["unc/err_rate/bin0"] == 0.0 and s["unc/frac/bin0"] == 1.0
 
 
@@ -69,7 +69,7 @@ def test_empty_prediction_scores_zero_and_misses_every_layer() -> None:
     assert s["miou_free"] == 0.0 and s["iou_free/layer1"] == 0.0
     assert s["missed_layer_rate"] == 1.0 and s["layer_count_acc"] == 0.0
     assert s["ap"] == 0.0 and s["invisible_iou"] == 0.0
-    assert "order_acc" not in s and s["order_pairs"] == 0
+    assert s["pair_order"] == 0.0 and s["object_layer_acc"] == 0.0
     assert s["stop_acc"] == 0.0  # it did not stop given the complete C_L
 
 
@@ -107,10 +107,54 @@ def test_extra_layer_is_counted_and_lowers_miou() -> None:
     assert lm.extra_layers(pred, TRUE_LAYERS) == 1 and lm.missed_layers(pred, TRUE_LAYERS) == 0
 
 
-def test_flipped_order_keeps_ap_but_fails_the_pair() -> None:
-    objects = [Obj(FRONT, 0.9, 1), Obj(LONE, 0.8, 0), Obj(BACK, 0.7, 0)]
-    s = summarise(TRUE_LAYERS, objects)
-    assert s["ap50"] == 1.0 and s["order_pairs"] == 1 and s["order_acc"] == 0.0
+def test_reversed_layers_keep_ap_but_fail_the_pair() -> None:
+    pred = np.stack([BACK, FRONT | LONE])  # the occluded object predicted in front
+    objects = [Obj(BACK, 0.9, 0), Obj(FRONT, 0.8, 1), Obj(LONE, 0.7, 1)]
+    s = summarise(pred, objects)
+    assert s["ap50"] == 1.0
+    assert s["pair_order"] == 0.0 and s["pair_order_pairs"] == 1
+    assert s["object_layer_acc"] == 0.0  # every object in the wrong layer
+
+
+def test_a_pair_merged_into_one_layer_counts_as_wrong() -> None:
+    # Both objects of the occluding pair in layer 0: one connected component, so an instance
+    # matching would keep at most one of them and drop the pair; the edge metric scores it wrong.
+    pred = (FRONT | BACK | LONE)[None]
+    s = summarise(pred, [Obj(FRONT | BACK, 0.9, 0), Obj(LONE, 0.8, 0)])
+    assert s["pair_order"] == 0.0 and s["pair_order_pairs"] == 1
+    assert s["object_layer_acc"] == pytest.approx(2 / 3)  # FRONT and LONE right, BACK wrong
+    assert s["margin_free/layer0"] == pytest.approx(
+        lm.mask_iou(pred[0], TRUE_LAYERS[0]) - s["trivial/layer0"]
+    )
+    assert "margin_free/layer1" not in s  # k >= 1: the model's C_k and the truth's differ
+
+
+def test_an_edge_without_visible_border_is_left_out_of_the_decidable_figure() -> None:
+    # A and C overlap only where B (in front of both) hides their common border.
+    a, b, c = box(0, 0, 8, 6), box(0, 5, 8, 9), box(0, 7, 8, 16)
+    amodal_c = box(0, 5, 8, 16)  # C reaches under B up to A's right edge
+    amodal_a = box(0, 0, 8, 7)
+    visible = np.stack([a & ~b, b, c & ~b])
+    edges = np.array([[1, 0], [1, 2], [0, 2]])  # B over A, B over C, A over C (only under B)
+    assert (amodal_a & amodal_c).any()
+    assert lm.decidable_edges(visible, edges).tolist() == [True, True, False]
+    truth = ObjectsTruth(np.stack([amodal_a, b, amodal_c]), visible, edges)
+    layers = np.stack([b, amodal_a & ~b, amodal_c & ~b & ~amodal_a])
+    good = lm.layers_from_edges(3, edges)
+    assert good.tolist() == [1, 0, 2]
+    # A and C in one layer: the undecidable edge is wrong, the decidable ones right
+    pred = np.stack([b, (amodal_a | amodal_c) & ~b])
+    acc = MetricsAccumulator()
+    acc.add(score_image(layers, pred, objects_truth=truth))
+    s = acc.summary()
+    assert s["pair_order"] == pytest.approx(2 / 3) and s["pair_order_pairs"] == 3
+    assert s["pair_order_decidable"] == 1.0 and s["decidable_fraction"] == pytest.approx(2 / 3)
+
+
+def test_shared_border_counts_the_back_side_pixels() -> None:
+    front, back = box(0, 0, 4, 4), box(0, 4, 4, 8)
+    assert lm.shared_border(front, back) == 4
+    assert lm.shared_border(front, box(5, 5, 8, 8)) == 0  # diagonal contact is no border
 
 
 def test_modal_prediction_of_an_occluded_object_has_zero_invisible_iou() -> None:

@@ -156,7 +156,15 @@ class Validator:
             for k in range(8)
             if f"iou_free/layer{k}" in summary
         }
-        for key in ("miou_free", "layer_count_acc", "pair_order", "trivial/layer0", "margin_free/layer0"):
+        for key in (
+            "miou_free",
+            "layer_count_acc",
+            "pair_order",
+            "pair_order_decidable",
+            "object_layer_acc",
+            "trivial/layer0",
+            "margin_free/layer0",
+        ):
             if key in summary:
                 metrics[f"val/{key}"] = summary[key]
         metrics["val/unet_passes"] = summary["unet_passes_mean"]  # per image
@@ -185,5 +193,6 @@ def val_line(step: int, metrics: dict[str, float]) -> str:
     return (
         f"[val] step {step}: loss {num('val/loss')} | IoU tf/free {per_layer} | "
         f"L0 trivial {num('val/trivial/layer0')} margin {num('val/margin_free/layer0')} | "
-        f"pair order {num('val/pair_order')} | layer count {num('val/layer_count_acc')}"
+        f"pair order {num('val/pair_order')} (decidable {num('val/pair_order_decidable')}) | "
+        f"object layer {num('val/object_layer_acc')} | layer count {num('val/layer_count_acc')}"
     )
