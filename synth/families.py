@@ -53,8 +53,13 @@ def family_config(name: str, size: int = 64, **changes) -> RenderConfig:
 
 
 def family_of(cfg: RenderConfig) -> str | None:
-    """The family whose look ``cfg`` has (size and split fractions aside), or None."""
+    """The family whose look ``cfg`` has (size, split fractions and the edge-border check aside), or None."""
     for name, fam in FAMILIES.items():
-        if replace(fam, size=cfg.size, split_fractions=cfg.split_fractions) == cfg:
+        same = {
+            "size": cfg.size,
+            "split_fractions": cfg.split_fractions,
+            "min_edge_border": cfg.min_edge_border,
+        }
+        if replace(fam, **same) == cfg:
             return name
     return None

@@ -24,6 +24,7 @@ from synth.cli import OneLineParser, UserError, one_line, parse_positive_number
 from synth.families import DEFAULT_FAMILY, FAMILIES
 from synth.ray_runtime import init_ray
 from synth.reader import MANIFEST_NAME, SHARD_PATTERN, _join, open_filesystem
+from synth.render import RenderConfig
 from synth.schema import Manifest
 from synth.shards import (
     TMP_DIR,
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-objects", type=int, default=None)
     p.add_argument("--min-visible", type=float, default=0.10, help="min visible fraction of each object")
     p.add_argument(
+        "--min-edge-border",
+        type=int,
+        default=RenderConfig.min_edge_border,
+        help="px of visible border every occlusion edge must show (else the back object is re-drawn); "
+        "0 = no check, the scenes of earlier versions",
+    )
+    p.add_argument(
         "--shard-size",
         type=int,
         default=None,
@@ -87,7 +95,9 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
         "min_objects": base.min_objects if args.min_objects is None else args.min_objects,
         "max_objects": base.max_objects if args.max_objects is None else args.max_objects,
     }
-    render = dataclasses.replace(base, size=args.size, min_visible=args.min_visible, **counts)
+    render = dataclasses.replace(
+        base, size=args.size, min_visible=args.min_visible, min_edge_border=args.min_edge_border, **counts
+    )
     try:
         render.validate()
     except ValueError as exc:

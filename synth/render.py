@@ -6,8 +6,11 @@ independently, so the result does not depend on how scenes are grouped into bloc
 
 Per scene: 2..max_objects objects clustered around 1-3 centres (so overlaps are common), object
 ``k`` at depth ``k`` (0 = front). An object whose visible part is under ``min_visible`` of its
-in-frame area (or under a few pixels) is re-drawn with a fresh stream; after a few rounds the whole
-scene is re-drawn. Masks are exact at pixel centres; the image gets anti-aliased edges.
+in-frame area (or under a few pixels), or that is occluded by an object with which it shares fewer
+than ``min_edge_border`` px of visible border (an occlusion the picture cannot show: a sliver of
+overlap, or a common border hidden by a third object), is re-drawn with a fresh stream; after a few
+rounds the whole scene is re-drawn. Masks are exact at pixel centres; the image gets anti-aliased
+edges.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ class RenderConfig:
     min_objects: int = 2
     max_objects: int = 8
     min_visible: float = 0.10
+    # Every occlusion edge (front, back) shows at least this many px of visible border between the
+    # two objects (back-side pixels 4-adjacent to the front's visible part), else the back object is
+    # re-drawn. 0 = no check (the generator before this field: same seed, same bytes); manifests
+    # written before it read as 0.
+    min_edge_border: int = 3
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     fill_weights: tuple[float, ...] = FILL_WEIGHTS  # object fills, over textures.PATTERNS
     background_weights: tuple[float, ...] = BACKGROUND_WEIGHTS  # over backgrounds.BACKGROUND_KINDS
@@ -62,6 +70,8 @@ class RenderConfig:
             )
         if not 0.0 <= self.min_visible <= 0.9:
             raise ValueError(f"min_visible must be in [0, 0.9], got {self.min_visible}")
+        if not 0 <= self.min_edge_border <= 16:
+            raise ValueError(f"min_edge_border must be in 0..16 px, got {self.min_edge_border}")
         for name, weights, kinds in (
             ("fill_weights", self.fill_weights, PATTERNS),
             ("background_weights", self.background_weights, BACKGROUND_KINDS),
@@ -82,9 +92,15 @@ class RenderConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> RenderConfig:
-        """Inverse of ``to_dict`` (manifests written before the mixture fields get today's mixes)."""
+        """Inverse of ``to_dict`` (manifests written before the mixture fields get today's mixes, and
+        before ``min_edge_border`` the check they were made without: 0)."""
         tuples = ("split_fractions", "fill_weights", "background_weights")
+        data = {**LEGACY_RENDER_FIELDS, **data}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
+
+
+# Fields added after datasets were written, with the value that reproduces those datasets.
+LEGACY_RENDER_FIELDS = {"min_edge_border": 0}
 
 
 @dataclass
@@ -134,14 +150,55 @@ def _count_pixels(masks: np.ndarray) -> np.ndarray:
 
 def _visible_pixels(masks: np.ndarray, scene_of: np.ndarray, slot: np.ndarray, num_scenes: int) -> np.ndarray:
     """int64[O] visible pixel count of each object (front-to-back by slot within its scene)."""
+    return _count_pixels(_visible_masks(masks, scene_of, slot, num_scenes))
+
+
+def _visible_masks(masks: np.ndarray, scene_of: np.ndarray, slot: np.ndarray, num_scenes: int) -> np.ndarray:
+    """bool[O, H, W] visible part of each object (objects in front: smaller slot, same scene)."""
     covered = np.zeros((num_scenes,) + masks.shape[1:], dtype=bool)
-    visible = np.zeros(len(masks), dtype=np.int64)
+    visible = np.empty_like(masks)
     for s in range(int(slot.max()) + 1 if len(slot) else 0):
         rows = np.nonzero(slot == s)[0]
         scenes = scene_of[rows]
-        visible[rows] = _count_pixels(masks[rows] & ~covered[scenes])
+        visible[rows] = masks[rows] & ~covered[scenes]
         covered[scenes] |= masks[rows]
     return visible
+
+
+def scene_pairs(scene_of: np.ndarray, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices ``(front, back)`` of every object pair of the same scene, front at a smaller slot."""
+    same = (scene_of[:, None] == scene_of[None, :]) & (slot[:, None] < slot[None, :])
+    front, back = np.nonzero(same)
+    return front, back
+
+
+def border_pixels(front_visible: np.ndarray, back_visible: np.ndarray) -> np.ndarray:
+    """int64[P]: pixels of each ``back_visible[p]`` 4-adjacent to ``front_visible[p]`` (bool[P, H, W])."""
+    near = np.zeros_like(front_visible)
+    near[:, 1:] |= front_visible[:, :-1]
+    near[:, :-1] |= front_visible[:, 1:]
+    near[:, :, 1:] |= front_visible[:, :, :-1]
+    near[:, :, :-1] |= front_visible[:, :, 1:]
+    return _count_pixels(near & back_visible)
+
+
+def _hidden_edges(
+    masks: np.ndarray, scene_of: np.ndarray, slot: np.ndarray, num_scenes: int, min_border: int
+) -> np.ndarray:
+    """bool[O]: objects occluded (amodal overlap) by an object of their scene with which they share
+    fewer than ``min_border`` px of visible border."""
+    front, back = scene_pairs(scene_of, slot)
+    out = np.zeros(len(masks), dtype=bool)
+    if not len(front):
+        return out
+    overlap = _count_pixels(masks[front] & masks[back]) > 0
+    front, back = front[overlap], back[overlap]
+    if not len(front):
+        return out
+    visible = _visible_masks(masks, scene_of, slot, num_scenes)
+    weak = border_pixels(visible[front], visible[back]) < min_border
+    out[back[weak]] = True
+    return out
 
 
 def _render_attempt(seed: int, ids: np.ndarray, attempt: int, cfg: RenderConfig):
@@ -172,6 +229,8 @@ def _render_attempt(seed: int, ids: np.ndarray, attempt: int, cfg: RenderConfig)
         amodal_px = _count_pixels(masks)
         visible_px = _visible_pixels(masks, scene_of, slot, b)
         bad = (amodal_px < min_px) | (visible_px < np.maximum(cfg.min_visible * amodal_px, min_px))
+        if cfg.min_edge_border:
+            bad |= _hidden_edges(masks, scene_of, slot, b, cfg.min_edge_border)
         if not bad.any() or round_ == _OBJECT_ROUNDS:
             break
         rows = np.nonzero(bad)[0]

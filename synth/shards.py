@@ -23,7 +23,7 @@ import numpy as np
 from synth.cli import UserError, one_line
 from synth.families import family_of
 from synth.reader import MANIFEST_NAME, _join, open_filesystem
-from synth.render import GENERATOR_VERSION, RenderConfig, render_block
+from synth.render import GENERATOR_VERSION, LEGACY_RENDER_FIELDS, RenderConfig, render_block
 from synth.schema import (
     ARROW_SCHEMA,
     SCHEMA_VERSION,
@@ -79,7 +79,7 @@ def normalised_config(config: dict) -> dict:
     """A generator config (manifest ``config`` / shard footer) with the fields added since it was
     written filled in, so datasets generated before scene families existed still resume and read
     as ``textured`` (their renderer output is byte-identical)."""
-    out = dict(config)
+    out = {**LEGACY_RENDER_FIELDS, **config}
     defaults = RenderConfig().to_dict()
     for key, value in defaults.items():
         out.setdefault(key, value)
