@@ -242,7 +242,9 @@ def _run(args: argparse.Namespace) -> int:
     )
     if cache:
         print("[train] decoding the training samples once into Ray's object store (--cache)", flush=True)
-    train_dataset = data.build_train_dataset(data_path, run.shuffle, cache)
+    train_dataset = data.build_train_dataset(
+        data_path, run.shuffle, cache, completion=run.model.order.enabled
+    )
     result = trainer.fit(run, train_dataset, cpus_per_worker, use_gpu)
     outcome = result.return_value or {}
     if result.error is not None:

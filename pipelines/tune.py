@@ -268,7 +268,9 @@ def run_trial(params: dict[str, Any], setup: dict[str, Any]) -> None:
     )
     summary = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(params.items()))
     say(f"[tune] trial {trial_id} starts: {summary}")
-    train_dataset = data.build_train_dataset(run.data_path, run.shuffle, setup["cache"])
+    train_dataset = data.build_train_dataset(
+        run.data_path, run.shuffle, setup["cache"], completion=run.model.order.enabled
+    )
     result = trainer.fit(
         run, train_dataset, setup["cpus_per_worker"], setup["use_gpu"], callbacks=[TuneReportCallback()]
     )

@@ -38,18 +38,23 @@ def save_checkpoint(
     model: SASModel,
     ema_state: dict[str, torch.Tensor] | None = None,
     extra: dict[str, Any] | None = None,
+    write_ema: bool = True,
 ) -> Path:
-    """Write ``model`` (its ``cfg`` and weights), optional EMA weights and ``extra`` metadata (JSON-able)."""
+    """Write ``model`` (its ``cfg`` and weights), optional EMA weights and ``extra`` metadata (JSON-able).
+
+    ``write_ema=False`` (no ``ema_state``): weights only, no second copy in ``ema.safetensors`` (a
+    shipped model whose weights already are the EMA ones; loading falls back to ``model.safetensors``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model = getattr(model, "module", model)  # unwrap DDP
     state = _tensors(model.state_dict())
     (directory / CONFIG_FILE).write_text(model.cfg.to_json())
     save_file(state, str(directory / MODEL_FILE))
-    ema = _tensors(ema_state) if ema_state is not None else state
-    if set(ema) != set(state):
-        raise ValueError("ema_state keys do not match the model's state dict")
-    save_file({k: v.to(state[k].dtype) for k, v in ema.items()}, str(directory / EMA_FILE))
+    if ema_state is not None or write_ema:
+        ema = _tensors(ema_state) if ema_state is not None else state
+        if set(ema) != set(state):
+            raise ValueError("ema_state keys do not match the model's state dict")
+        save_file({k: v.to(state[k].dtype) for k, v in ema.items()}, str(directory / EMA_FILE))
     meta = {
         "format_version": FORMAT_VERSION,
         "step": 0,

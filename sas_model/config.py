@@ -74,6 +74,25 @@ class CueConfig:
     junction_weight: float = 4.0  # extra weight of the ownership loss within 2 px of a T-junction
 
 
+def _order_unet() -> UNetConfig:
+    return UNetConfig(stem_stride=2)
+
+
+@dataclass
+class OrderConfig:
+    """The order head (``sas_model/order.py``): one pass from the image to the visible-layer map ``V``,
+    from which the segmenter takes every ``C_k = {V < k}``, layer 0 and the layer count; the diffusion
+    model then only completes the hidden part of each layer. Off by default (checkpoints written
+    before it existed load unchanged); on in the CPU presets."""
+
+    enabled: bool = False
+    max_layers: int = 6  # logits per pixel: "object here", then "deeper than layer j-1" for j = 1..K-1
+    use_cues: bool = True  # the occlusion-cue module (its settings: cues.*) feeds the head
+    unet: UNetConfig = field(default_factory=_order_unet)
+    weight: float = 1.0  # of the order loss in the total
+    object_weight: float = 1.0  # of the per-object term (mean logit over each visible object)
+
+
 @dataclass
 class DiffusionConfig:
     """Noise process and training objective."""
@@ -163,6 +182,7 @@ class ModelConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cues: CueConfig = field(default_factory=CueConfig)
+    order: OrderConfig = field(default_factory=OrderConfig)
 
     # ---- presets -------------------------------------------------------------------------
     @classmethod
@@ -218,8 +238,13 @@ class ModelConfig:
     # ---- checks --------------------------------------------------------------------------
     @property
     def downsample_factor(self) -> int:
-        """Image sides must be divisible by this (stem stride × 2 per extra UNet level)."""
-        return self.unet.stem_stride * 2 ** (len(self.unet.channel_mults) - 1)
+        """Image sides must be divisible by this (stem stride × 2 per extra UNet level, of the order
+        head's UNet too when it is on)."""
+        factor = self.unet.stem_stride * 2 ** (len(self.unet.channel_mults) - 1)
+        if self.order.enabled:
+            o = self.order.unet
+            factor = max(factor, o.stem_stride * 2 ** (len(o.channel_mults) - 1))
+        return factor
 
     def validate(self) -> ModelConfig:
         """Raise a one-line ``ValueError`` for an inconsistent config; returns ``self``."""
@@ -283,8 +308,21 @@ class ModelConfig:
             raise ValueError(f"diffusion.foreground_weight must be >= 0, got {d.foreground_weight}")
         if d.timestep_bias < 0:
             raise ValueError(f"diffusion.timestep_bias must be >= 0, got {d.timestep_bias}")
+        o = self.order
+        if o.enabled:
+            if not 2 <= o.max_layers <= 16:
+                raise ValueError(f"order.max_layers must be in 2..16, got {o.max_layers}")
+            if o.unet.stem_stride not in (1, 2) or not o.unet.channel_mults or min(o.unet.channel_mults) < 1:
+                raise ValueError("order.unet needs stem_stride 1 or 2 and positive channel_mults")
+            factor = o.unet.stem_stride * 2 ** (len(o.unet.channel_mults) - 1)
+            if self.image_size % factor:
+                raise ValueError(
+                    f"image_size {self.image_size} is not divisible by order.unet's factor {factor}"
+                )
+            if min(o.weight, o.object_weight) < 0:
+                raise ValueError("order.weight and order.object_weight must be >= 0")
         c = self.cues
-        if c.enabled:
+        if c.enabled or (o.enabled and o.use_cues):
             if c.query_stride not in (2, 4):
                 raise ValueError(f"cues.query_stride must be 2 or 4, got {c.query_stride}")
             if min(c.width, c.depth, c.embed_dim, len(c.dilations), len(c.similarity_dilations)) < 1:

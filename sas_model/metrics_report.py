@@ -28,7 +28,8 @@ Summary keys (means over images unless said otherwise):
   covers most of its visible pixels) is smaller than the back one's (``pair_order_pairs``: edges);
   ``pair_order_decidable`` over the edges whose visible masks share at least
   ``metrics.DECIDABLE_BORDER`` px of border (``decidable_fraction``: their share of the edges);
-  ``object_layer_acc``: objects whose predicted layer equals their true layer (``objects``: count);
+  ``object_layer_acc``: objects whose predicted layer equals their true layer (``objects``: count;
+  ``trivial/object_layer_acc``: the share of objects in layer 0, what "every object in front" scores);
 - ``miou_tf``, ``iou_tf/layer{k}``: the same with each layer predicted teacher-forced (given the true
   ``C_k``), mean over true layers only; ``stop_acc``: given the true ``C_L`` the model predicts an
   empty layer; ``continue_acc``: given ``C_k``, k < L, it predicts a non-empty one;
@@ -130,6 +131,7 @@ def score_image(
         record["edge_hits"] = lm.edge_order_hits(pred_layers, visible, edges).tolist()
         record["edge_decidable"] = lm.decidable_edges(visible, edges).tolist()
         record["object_hits"] = lm.object_layer_hits(pred_layers, visible, edges).tolist()
+        record["objects_in_front"] = int((lm.layers_from_edges(len(visible), edges) == 0).sum())
     if objects_truth is not None and pred_objects is not None:
         record["instances"] = _score_instances(objects_truth, pred_objects, true_layers.shape[1:], scene_id)
     return record
@@ -320,7 +322,7 @@ def _fmt(name: str, value: float | None) -> str:
 
 def _order_summary(recs: Sequence[dict[str, Any]]) -> dict[str, float]:
     """``pair_order`` (+ ``_pairs``), ``pair_order_decidable``, ``decidable_fraction``,
-    ``object_layer_acc`` and ``objects``, pooled over the edges and objects of ``recs``."""
+    ``object_layer_acc`` (+ its trivial answer) and ``objects``, pooled over the edges and objects."""
     hits = [h for r in recs for h in r.get("edge_hits", [])]
     decidable = [d for r in recs for d in r.get("edge_decidable", [])]
     objects = [h for r in recs for h in r.get("object_hits", [])]
@@ -333,6 +335,7 @@ def _order_summary(recs: Sequence[dict[str, Any]]) -> dict[str, float]:
             out["pair_order_decidable"] = _mean(h for h, d in zip(hits, decidable, strict=True) if d)
     if objects:
         out["object_layer_acc"] = _mean(objects)
+        out["trivial/object_layer_acc"] = sum(r.get("objects_in_front", 0) for r in recs) / len(objects)
         out["objects"] = float(len(objects))
     return out
 

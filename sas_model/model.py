@@ -12,6 +12,7 @@ from torch import nn
 from sas_model.config import ModelConfig
 from sas_model.diffusion import diffusion_loss, foreground_loss, sample_timesteps, x0_from_output
 from sas_model.occlusion import CUE_CHANNELS, OcclusionCues, cue_loss, cue_targets
+from sas_model.order import LayerOrderHead, decode_visible_layers, order_loss
 from sas_model.schedules import NoiseSchedule
 from sas_model.unet import UNet
 
@@ -45,6 +46,14 @@ class SASModel(nn.Module):
 
     The occlusion cues (``sas_model/occlusion.py``) depend on the image and ``C_k`` only, so they are
     computed once per layer in :meth:`condition`, not once per denoising step.
+
+    With ``order.enabled`` the model has two parts: the order head (``sas_model/order.py``), one pass
+    from the image to the visible-layer map ``V`` (which gives every ``C_k = {V < k}`` and layer 0),
+    and the diffusion UNet, which then *completes* layer k: it reads one more clean channel, the
+    visible part of layer k (``{V = k}``), and denoises the layer's **hidden part** ``M_k ∩ C_k``
+    (what lies under the layers in front); the layer is the visible part plus that. Only samples with
+    k >= 1 and a non-empty ``M_k`` train the UNet (layer 0 has no hidden part; the terminal sample
+    has nothing left), every sample trains the order head.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -55,10 +64,14 @@ class SASModel(nn.Module):
         self.self_condition = cfg.unet.self_condition
         self.foreground_head = cfg.diffusion.foreground_weight > 0
         self.cues = OcclusionCues(cfg.cues) if cfg.cues.enabled else None
+        self.order = LayerOrderHead(cfg) if cfg.order.enabled else None
         self.unet = UNet(
             cfg.unet,
             cfg.image_size,
-            in_channels=5 + int(self.self_condition) + (CUE_CHANNELS if self.cues is not None else 0),
+            in_channels=5
+            + int(self.self_condition)
+            + (CUE_CHANNELS if self.cues is not None else 0)
+            + int(self.order is not None),
             out_channels=1 + int(self.foreground_head),
         )
 
@@ -73,13 +86,31 @@ class SASModel(nn.Module):
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def condition(self, image: torch.Tensor, cumulative_mask: torch.Tensor) -> torch.Tensor:
-        """Clean conditioning channels ``[B,4(+3),H,W]``: RGB in [-1,1], ``C_k`` in {-1,1} (0 if ablated)
-        and, with ``cues.enabled``, the occlusion cues in [-1,1]."""
+    def condition(
+        self, image: torch.Tensor, cumulative_mask: torch.Tensor, visible: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Clean conditioning channels ``[B,4(+3)(+1),H,W]``: RGB in [-1,1], ``C_k`` in {-1,1} (0 if
+        ablated), with ``cues.enabled`` the occlusion cues in [-1,1], and with ``order.enabled`` the
+        visible part of layer k, ``visible [B,H,W]`` (bool or 0/1), in {-1,1}."""
         base = self.base_condition(image, cumulative_mask)
-        if self.cues is None:
-            return base
-        return torch.cat([base, self.cues(base).channels().to(base.dtype)], dim=1)
+        parts = [base]
+        if self.cues is not None:
+            parts.append(self.cues(base).channels().to(base.dtype))
+        if self.order is not None:
+            if visible is None:
+                raise ValueError(
+                    "this model completes layers from the order map: pass visible= (the layer's visible part)"
+                )
+            parts.append(mask_to_unit(visible.to(base.device)).to(base.dtype))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else base
+
+    def visible_layers(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The order head's map: ``(V long[B,H,W], p float[B,K+1,H,W])`` for ``image`` uint8
+        ``[B,H,W,3]`` (see :func:`sas_model.order.decode_visible_layers`: V = -1 on the background)."""
+        if self.order is None:
+            raise ValueError("this model has no order head (order.enabled is false)")
+        rgb = normalise_image(image.to(self.schedule.betas.device))
+        return decode_visible_layers(self.order(rgb).logits)
 
     def base_condition(self, image: torch.Tensor, cumulative_mask: torch.Tensor) -> torch.Tensor:
         """RGB in [-1,1] and ``C_k`` in {-1,1} (0 if ablated): ``[B,4,H,W]``."""
@@ -142,11 +173,28 @@ class SASModel(nn.Module):
                 "this config trains a foreground head (diffusion.foreground_weight > 0): pass foreground= "
                 "(the scene's union of all object masks), or set diffusion.foreground_weight=0"
             )
-        if self.cues is not None and (occlusion is None or layer_index is None):
+        if (self.cues is not None or self.order is not None) and (occlusion is None or layer_index is None):
             raise ValueError(
-                "this config trains the occlusion-cue module (cues.enabled): pass occlusion= (the scenes' "
-                "occlusion maps) and layer_index=, or set cues.enabled=false"
+                "this config trains the occlusion-cue module or the order head: pass occlusion= (the "
+                "scenes' occlusion maps) and layer_index=, or set cues.enabled=false and order.enabled=false"
             )
+        total = torch.zeros((), device=self.schedule.betas.device)
+        logs: dict[str, float] = {}
+        visible = None
+        if self.order is not None:
+            order_total, order_logs = self._order_loss(image, occlusion)
+            total = total + self.cfg.order.weight * order_total
+            logs.update(order_logs)
+            # the UNet completes layers k >= 1: condition on their visible part, denoise the hidden one
+            rows = (layer_index.to(layer_mask.device) >= 1) & layer_mask.flatten(1).bool().any(dim=1)
+            row_weight = 1.0
+            if not bool(rows.any()):  # keep every parameter in the graph (DDP) at zero weight
+                rows[0], row_weight = True, 0.0
+            image, cumulative_mask, layer_mask = image[rows], cumulative_mask[rows], layer_mask[rows]
+            occlusion, layer_index = occlusion[rows], layer_index[rows]
+            foreground = foreground[rows] if foreground is not None else None
+            cmask, lmask = cumulative_mask.bool(), layer_mask.bool()
+            visible, layer_mask = lmask & ~cmask, lmask & cmask
         cond = self.base_condition(image, cumulative_mask)
         cue_terms: dict[str, torch.Tensor] = {}
         if self.cues is not None:
@@ -154,6 +202,8 @@ class SASModel(nn.Module):
             targets = cue_targets(occlusion.to(cond.device), layer_index.to(cond.device))
             cue_terms = cue_loss(cues, targets, junction_weight=self.cfg.cues.junction_weight)
             cond = torch.cat([cond, cues.channels().to(cond.dtype)], dim=1)
+        if visible is not None:
+            cond = torch.cat([cond, mask_to_unit(visible.to(cond.device)).to(cond.dtype)], dim=1)
         x0 = mask_to_unit(layer_mask.to(cond.device)) * cfg.mask_scale
         t = sample_timesteps(cfg, x0.shape[0], x0.device)
         noise = torch.randn_like(x0)
@@ -167,13 +217,34 @@ class SASModel(nn.Module):
         if self.foreground_head:
             fg = foreground_loss(output[:, 1:2], foreground.to(cond.device).float().unsqueeze(1))
             terms = terms._replace(total=terms.total + cfg.foreground_weight * fg, foreground=fg)
-        total = terms.total
-        logs = {name: float(value.detach()) for name, value in terms._asdict().items()}
+        diffusion_total = terms.total
+        logs.update({name: float(value.detach()) for name, value in terms._asdict().items()})
         if cue_terms:
             cue_total = sum(cue_terms.values())
-            total = total + self.cfg.cues.weight * cue_total
+            diffusion_total = diffusion_total + self.cfg.cues.weight * cue_total
             logs["cues"] = float(cue_total.detach())
             logs.update({f"cue/{name}": float(value.detach()) for name, value in cue_terms.items()})
+        if self.order is not None:
+            diffusion_total = diffusion_total * row_weight
+        total = total + diffusion_total
         logs.pop("total")
         logs["loss"] = float(total.detach())
+        return total, logs
+
+    def _order_loss(
+        self, image: torch.Tensor, occlusion: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The order head's loss on every sample (``sas_model.order.order_loss``) and its log terms."""
+        device = self.schedule.betas.device
+        out = self.order(normalise_image(image.to(device)))
+        terms = order_loss(
+            out,
+            occlusion.to(device),
+            self.cfg.order.object_weight,
+            junction_weight=self.cfg.cues.junction_weight,
+        )
+        cue_weight = self.cfg.cues.weight
+        total = sum(v if not k.startswith("cue/") else cue_weight * v for k, v in terms.items())
+        logs = {"order": float(total.detach())}
+        logs.update({f"order/{name}": float(value.detach()) for name, value in terms.items()})
         return total, logs

@@ -47,7 +47,7 @@ TINY: dict[str, Any] = {
         "dice_weight": 1.0,
         "timestep_sampling": "high_noise",
         "timestep_bias": 3.0,  # density ∝ t³: mostly the image-reading high-noise end
-        "foreground_weight": 1.0,
+        "foreground_weight": 0.0,  # the order head marks the objects
     },
     "sampler": {"name": "ddim", "steps": 5, "eta": 0.0, "ensemble_size": 3},
     "train": {
@@ -60,7 +60,10 @@ TINY: dict[str, Any] = {
         "val_every": 250,
         "cmask_noise_p": 0.2,
     },
-    "cues": {"enabled": True},
+    # the order head (with its own occlusion-cue module) decides layers; the diffusion UNet completes
+    # hidden parts and reads no cues
+    "cues": {"enabled": False},
+    "order": {"enabled": True},
 }
 
 
@@ -87,7 +90,7 @@ SMALL: dict[str, Any] = {
         "timestep_sampling": "high_noise",
         "timestep_bias": 1.0,
         "self_cond_prob": 0.5,
-        "foreground_weight": 1.0,
+        "foreground_weight": 0.0,
     },
     "sampler": {"name": "ddim", "steps": 10, "eta": 0.0, "ensemble_size": 3},
     "train": {
@@ -100,7 +103,17 @@ SMALL: dict[str, Any] = {
         "val_every": 500,
         "cmask_noise_p": 0.2,
     },
-    "cues": {"enabled": True},
+    "cues": {"enabled": False},
+    "order": {
+        "enabled": True,
+        "unet": {
+            "base_channels": 48,
+            "channel_mults": (1, 2, 2, 2),
+            "num_res_blocks": 2,
+            "attention_resolutions": (8,),
+            "stem_stride": 2,
+        },
+    },
 }
 
 

@@ -19,6 +19,14 @@ chain; rows are image-major, member-minor):
 Each image draws its noise from its own generator, seeded from ``seed`` and the image's bytes, so an
 image gets the same result alone or in any batch. Layers are then split into objects
 (``instances.py``).
+
+A model with an order head (``order.enabled``) is segmented from its visible-layer map instead: one
+pass gives ``V`` (the layer of the visible object at each pixel), layers are renumbered 0..L-1 in
+depth order (at most ``max_layers``), and then, for every layer k >= 1 of every image in one batched
+chain, the ensemble samples the layer's hidden part given ``C_k = {V < k}`` and its visible part
+``{V = k}``; layer k is ``{V = k} ∪ (consensus ∩ C_k)`` (layer 0 is ``{V = 0}``). The uncertainty of
+a layer is the ensemble's variance inside ``C_k`` and the order map's ``p(1 - p)`` outside it;
+``stop_reason`` is ``"order_map"``. No merge rule is needed: the layers come from one map.
 """
 
 from __future__ import annotations
@@ -119,8 +127,12 @@ class SequentialSegmenter:
         cumulative: np.ndarray,
         generators: list[torch.Generator],
         scfg: SamplerConfig,
+        visible: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int]:
-        """Foreground probabilities ``float32 [A,E,H,W]`` for each image's ensemble, and passes per image."""
+        """Foreground probabilities ``float32 [A,E,H,W]`` for each image's ensemble, and passes per image.
+
+        ``visible bool[A,H,W]``: the layer's visible part, for a model that completes layers from its
+        order map (``order.enabled``)."""
         members = 1 if self.cfg.diffusion.mode == "deterministic" else scfg.ensemble_size
         chunk = max(1, self.max_batch // members)
         out, passes = [], 0
@@ -131,6 +143,7 @@ class SequentialSegmenter:
                 generators[start : start + chunk],
                 scfg,
                 members,
+                None if visible is None else visible[start : start + chunk],
             )
             out.append(prob)
         return np.concatenate(out), passes
@@ -142,12 +155,17 @@ class SequentialSegmenter:
         generators: list[torch.Generator],
         scfg: SamplerConfig,
         members: int,
+        visible: np.ndarray | None = None,
     ) -> tuple[np.ndarray, int]:
         model, dev, s = self.model, self.device, self.cfg.diffusion.mask_scale
         a, (h, w) = len(images), images.shape[1:3]
         image_t = torch.as_tensor(images, device=dev).repeat_interleave(members, 0)
         cmask_t = torch.as_tensor(cumulative, device=dev).repeat_interleave(members, 0)
-        cond = model.condition(image_t, cmask_t)
+        if visible is None:
+            cond = model.condition(image_t, cmask_t)
+        else:
+            visible_t = torch.as_tensor(visible, device=dev).repeat_interleave(members, 0)
+            cond = model.condition(image_t, cmask_t, visible_t)
         amp_dtype = autocast_dtype(dev, scfg.precision, "sampler.precision")
 
         def denoise(x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None) -> torch.Tensor:
@@ -201,9 +219,17 @@ class SequentialSegmenter:
 
     # ---- public API --------------------------------------------------------------------------
     def predict_layer(
-        self, images: Any, cumulative_masks: Any, seed: int | None = None, **sampler_overrides: Any
+        self,
+        images: Any,
+        cumulative_masks: Any,
+        seed: int | None = None,
+        layer_index: Any = None,
+        **sampler_overrides: Any,
     ) -> LayerPrediction:
-        """Teacher-forced: one layer per image given ``cumulative_masks bool [N,H,W]`` (no merge rule)."""
+        """Teacher-forced: one layer per image given ``cumulative_masks bool [N,H,W]`` (no merge rule).
+
+        For a model with an order head, layer ``k`` (``layer_index int[N]``, default 0) is the order
+        map's ``{V = k}`` outside the given ``C_k``, plus (k >= 1) the completed hidden part inside it."""
         scfg = self.resolve(**sampler_overrides)
         images = check_images(images, self.cfg.image_size, self.cfg.downsample_factor)
         cumulative = np.asarray(cumulative_masks).astype(bool)
@@ -213,9 +239,11 @@ class SequentialSegmenter:
             raise ValueError(
                 f"cumulative_masks shape {cumulative.shape} does not match images {images.shape[:3]}"
             )
-        prob, passes = self._sample_layer(
-            images, cumulative, self._generators(seed, images, cumulative), scfg
-        )
+        generators = self._generators(seed, images, cumulative)
+        if getattr(self.model, "order", None) is not None:
+            k = np.asarray(layer_index if layer_index is not None else np.zeros(len(images)), dtype=np.int64)
+            return self._predict_layer_by_order(images, cumulative, k.reshape(-1), generators, scfg)
+        prob, passes = self._sample_layer(images, cumulative, generators, scfg)
         parts = [self._consensus(p, scfg) for p in prob]
         stack = {key: np.stack([p[key] for p in parts]) for key in parts[0]}
         empty = stack["mask"].mean(axis=(1, 2)) < scfg.min_foreground
@@ -238,6 +266,8 @@ class SequentialSegmenter:
         images = check_images(images, self.cfg.image_size, self.cfg.downsample_factor)
         n, shape = len(images), images.shape[1:3]
         generators = self._generators(seed, images)
+        if getattr(self.model, "order", None) is not None:
+            return self._segment_by_order(images, generators, scfg)
         cumulative = np.zeros((n, *shape), dtype=bool)
         layers: list[list[dict[str, np.ndarray]]] = [[] for _ in range(n)]
         passes, stop = [0] * n, [""] * n
@@ -260,6 +290,136 @@ class SequentialSegmenter:
         for i in active:
             stop[i] = "max_layers"
         return [self._result(layers[i], passes[i], stop[i], shape, scfg) for i in range(n)]
+
+    # ---- order-map models -----------------------------------------------------------------------
+    @torch.no_grad()
+    def order_maps(self, images: np.ndarray, max_layers: int) -> tuple[np.ndarray, np.ndarray]:
+        """The order head's map, layers renumbered: ``(V int64[N,H,W], confidence float32[N,H,W])``.
+
+        ``V`` is -1 on the background, else the pixel's layer, renumbered 0..L-1 in depth order over
+        the layers the map uses (a layer with no visible pixel cannot exist) and capped at
+        ``max_layers - 1``; ``confidence`` is the head's probability of the pixel's decoded class."""
+        dev = self.device
+        amp_dtype = autocast_dtype(dev, self.sampler_cfg.precision, "sampler.precision")
+        layers, confidence = [], []
+        for start in range(0, len(images), self.max_batch):
+            with autocast(dev, amp_dtype):
+                v, p = self.model.visible_layers(
+                    torch.as_tensor(images[start : start + self.max_batch], device=dev)
+                )
+            chosen = torch.gather(p.float(), 1, (v + 1).unsqueeze(1))[:, 0]
+            layers.append(v.cpu().numpy())
+            confidence.append(chosen.cpu().numpy().astype(np.float32))
+        v = np.concatenate(layers)
+        for i in range(len(v)):
+            used = np.unique(v[i][v[i] >= 0])
+            if len(used) and (used[-1] != len(used) - 1 or len(used) > max_layers):
+                lookup = np.full(int(used[-1]) + 1, -1, dtype=np.int64)
+                lookup[used] = np.minimum(np.arange(len(used)), max_layers - 1)
+                v[i] = np.where(v[i] >= 0, lookup[v[i].clip(min=0)], -1)
+        return v, np.concatenate(confidence)
+
+    def _complete(
+        self,
+        images: np.ndarray,
+        cumulative: np.ndarray,
+        visible: np.ndarray,
+        generators: list[torch.Generator],
+        scfg: SamplerConfig,
+    ) -> tuple[list[dict[str, np.ndarray]], int]:
+        """Hidden parts of layers (one row each): the ensemble's consensus inside ``cumulative`` joined
+        to ``visible``; near-empty members are kept (a hidden part may be a few pixels)."""
+        if not len(images):
+            return [], 0
+        prob, passes = self._sample_layer(images, cumulative, generators, scfg, visible)
+        keep_all = dataclasses.replace(scfg, min_foreground=0.0)
+        parts = []
+        for row, p in enumerate(prob):
+            part = self._consensus(p, keep_all)
+            inside = cumulative[row]
+            part["mask"] = visible[row] | (part["mask"] & inside)
+            part["samples"] = visible[row] | (part["samples"] & inside)
+            parts.append(part)
+        return parts, passes
+
+    def _segment_by_order(
+        self, images: np.ndarray, generators: list[torch.Generator], scfg: SamplerConfig
+    ) -> list[SegmentationResult]:
+        v, confidence = self.order_maps(images, scfg.max_layers)
+        order_unc = (confidence * (1 - confidence)).astype(np.float32)
+        counts = [int(v[i].max()) + 1 for i in range(len(v))]
+        rows = [(i, k) for i in range(len(v)) for k in range(1, counts[i])]
+        hidden, passes = self._complete(
+            images[[i for i, _ in rows]],
+            np.stack([(v[i] >= 0) & (v[i] < k) for i, k in rows])
+            if rows
+            else np.zeros((0, *v.shape[1:]), bool),
+            np.stack([v[i] == k for i, k in rows]) if rows else np.zeros((0, *v.shape[1:]), bool),
+            [generators[i] for i, _ in rows],
+            scfg,
+        )
+        completed = dict(zip(rows, hidden, strict=True))
+        results = []
+        for i in range(len(v)):
+            layers = []
+            for k in range(counts[i]):
+                visible = v[i] == k
+                if k == 0:
+                    part = {
+                        "mask": visible,
+                        "uncertainty": np.where(visible, order_unc[i], 0).astype(np.float32),
+                        "agreement": np.where(visible, confidence[i], 0).astype(np.float32),
+                    }
+                else:
+                    part = dict(completed[(i, k)])
+                    inside = (v[i] >= 0) & (v[i] < k)
+                    part["uncertainty"] = np.where(
+                        inside, part["uncertainty"], np.where(visible, order_unc[i], 0)
+                    )
+                    part["agreement"] = np.where(
+                        inside, part["agreement"], np.where(visible, confidence[i], 0)
+                    )
+                layers.append(part)
+            layer_passes = 1 + passes * (counts[i] - 1)  # one order pass, then each completed layer
+            results.append(self._result(layers, layer_passes, "order_map", v.shape[1:], scfg))
+        return results
+
+    def _predict_layer_by_order(
+        self,
+        images: np.ndarray,
+        cumulative: np.ndarray,
+        layer_index: np.ndarray,
+        generators: list[torch.Generator],
+        scfg: SamplerConfig,
+    ) -> LayerPrediction:
+        v, confidence = self.order_maps(images, scfg.max_layers)
+        visible = (v == layer_index[:, None, None]) & ~cumulative
+        mask = visible.copy()
+        uncertainty = np.where(visible, confidence * (1 - confidence), 0).astype(np.float32)
+        probability = np.where(visible, confidence, 0).astype(np.float32)
+        soft = np.where(visible, confidence, 0).astype(np.float32)
+        members = 1 if self.cfg.diffusion.mode == "deterministic" else scfg.ensemble_size
+        samples = np.repeat(visible[:, None], members, axis=1)
+        rows = np.nonzero((layer_index >= 1) & visible.any(axis=(1, 2)))[0]
+        parts, passes = self._complete(
+            images[rows], cumulative[rows], visible[rows], [generators[i] for i in rows], scfg
+        )
+        for i, part in zip(rows, parts, strict=True):
+            inside = cumulative[i]
+            mask[i] = part["mask"]
+            uncertainty[i] = np.where(inside, part["uncertainty"], uncertainty[i])
+            probability[i] = np.where(inside, part["agreement"], probability[i])
+            soft[i] = np.where(inside, part["agreement"], soft[i])
+            samples[i] = part["samples"]
+        return LayerPrediction(
+            layer_mask=mask,
+            probability=probability,
+            uncertainty=uncertainty,
+            samples=samples,
+            kept=np.ones(samples.shape[:2], dtype=bool),
+            unet_passes=1 + passes,
+            soft=soft,
+        )
 
     @staticmethod
     def _add_layer(

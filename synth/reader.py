@@ -187,8 +187,19 @@ def iter_scenes(
                     yield decode_scene(row)
 
 
-def scene_to_samples(scene: Scene) -> list[Sample]:
-    """``[Sample(k) for k = 0..L]``; the last (k = L) is the terminal sample (empty ``M_L``)."""
+def sample_layers(num_layers: int, completion: bool = False) -> list[int]:
+    """The layer indices k a scene with ``num_layers`` layers gives samples for: ``0..L`` (the last,
+    k = L, the terminal sample), or with ``completion`` (a model whose order head decides the layers
+    and whose diffusion UNet completes them) the layers with a hidden part, ``1..L-1``, or ``[0]``
+    when there are none (the sample still trains the order head on the scene)."""
+    if not completion:
+        return list(range(num_layers + 1))
+    return list(range(1, num_layers)) if num_layers >= 2 else [0]
+
+
+def scene_to_samples(scene: Scene, completion: bool = False) -> list[Sample]:
+    """``[Sample(k) for k in sample_layers(L, completion)]``; by default k = 0..L, the last (k = L) the
+    terminal sample (empty ``M_L``)."""
     layers = scene.num_layers
     empty = np.zeros((scene.height, scene.width), dtype=bool)
     occlusion = scene_occlusion(scene)
@@ -202,12 +213,13 @@ def scene_to_samples(scene: Scene) -> list[Sample]:
             foreground,
             occlusion,
         )
-        for k in range(layers + 1)
+        for k in sample_layers(layers, completion)
     ]
 
 
-def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches(batch_format="numpy")``: scene rows -> one row per (scene, k), k = 0..L.
+def expand_batch_to_samples(batch: dict[str, np.ndarray], completion: bool = False) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches(batch_format="numpy")``: scene rows -> one row per (scene, k), k = 0..L
+    (with ``completion``: the k of :func:`sample_layers`).
 
     Output: ``image`` uint8[B, H, W, 3], ``cumulative_mask``/``layer_mask`` uint8[B, H, W] (0/1),
     ``foreground`` uint8[B, H, W] (every object of the scene: ``C_L``, the same for all its samples;
@@ -220,9 +232,9 @@ def expand_batch_to_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarra
     ids: list[int] = []
     for i in range(len(batch["scene_id"])):
         scene = decode_scene({name: values[i] for name, values in batch.items()})
-        expanded = scene_to_samples(scene)
+        expanded = scene_to_samples(scene, completion)
         samples += expanded
-        terminal += [k == len(expanded) - 1 for k in range(len(expanded))]
+        terminal += [sample.layer_index == scene.num_layers for sample in expanded]
         ids += [scene.scene_id] * len(expanded)
     return {
         **collate_samples(samples),

@@ -27,7 +27,7 @@ from synth.backgrounds import (
 )
 from synth.counter_rng import stream_id, uniforms
 from synth.schema import Scene, scene_from_masks
-from synth.shapes import NUM_SHAPE_UNIFORMS, sample_shapes, signed_distance
+from synth.shapes import NUM_SHAPE_UNIFORMS, SHAPE_KINDS, SHAPE_WEIGHTS, sample_shapes, signed_distance
 from synth.splits import DEFAULT_FRACTIONS, split_of
 from synth.textures import PATTERNS, pattern_field
 
@@ -60,6 +60,7 @@ class RenderConfig:
     split_fractions: tuple[float, float, float] = DEFAULT_FRACTIONS
     fill_weights: tuple[float, ...] = FILL_WEIGHTS  # object fills, over textures.PATTERNS
     background_weights: tuple[float, ...] = BACKGROUND_WEIGHTS  # over backgrounds.BACKGROUND_KINDS
+    shape_weights: tuple[float, ...] = SHAPE_WEIGHTS  # object shapes, over shapes.SHAPE_KINDS
 
     def validate(self) -> None:
         if not (32 <= self.size <= 512 and self.size % 16 == 0):
@@ -75,6 +76,7 @@ class RenderConfig:
         for name, weights, kinds in (
             ("fill_weights", self.fill_weights, PATTERNS),
             ("background_weights", self.background_weights, BACKGROUND_KINDS),
+            ("shape_weights", self.shape_weights, SHAPE_KINDS),
         ):
             if len(weights) != len(kinds) or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(
@@ -88,13 +90,14 @@ class RenderConfig:
             "split_fractions": list(self.split_fractions),
             "fill_weights": list(self.fill_weights),
             "background_weights": list(self.background_weights),
+            "shape_weights": list(self.shape_weights),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> RenderConfig:
         """Inverse of ``to_dict`` (manifests written before the mixture fields get today's mixes, and
         before ``min_edge_border`` the check they were made without: 0)."""
-        tuples = ("split_fractions", "fill_weights", "background_weights")
+        tuples = ("split_fractions", "fill_weights", "background_weights", "shape_weights")
         data = {**LEGACY_RENDER_FIELDS, **data}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in data.items()})
 
@@ -133,10 +136,11 @@ def _object_geometry(ou: np.ndarray, su: np.ndarray, size: int):
     return cx, cy, radius
 
 
-def _shape_distance(ou: np.ndarray, su: np.ndarray, size: int) -> np.ndarray:
+def _shape_distance(ou: np.ndarray, su: np.ndarray, cfg: RenderConfig) -> np.ndarray:
     """float32[O, size, size] signed radial distance (px) for objects with uniforms ``ou``."""
+    size = cfg.size
     cx, cy, radius = _object_geometry(ou, su, size)
-    shapes = sample_shapes(ou[:, :_P], cx, cy, radius, num_bins=4 * size)
+    shapes = sample_shapes(ou[:, :_P], cx, cy, radius, num_bins=4 * size, kind_weights=cfg.shape_weights)
     return signed_distance(shapes, size, size), (cx, cy, radius)
 
 
@@ -221,7 +225,7 @@ def _render_attempt(seed: int, ids: np.ndarray, attempt: int, cfg: RenderConfig)
 
     all_rows = np.arange(len(scene_of))
     ou = object_uniforms(all_rows, 0)
-    distance, geometry = _shape_distance(ou, su[scene_of], size)
+    distance, geometry = _shape_distance(ou, su[scene_of], cfg)
     min_px = min_object_pixels(size)
     bad = np.zeros(len(scene_of), dtype=bool)
     for round_ in range(_OBJECT_ROUNDS + 1):
@@ -235,7 +239,7 @@ def _render_attempt(seed: int, ids: np.ndarray, attempt: int, cfg: RenderConfig)
             break
         rows = np.nonzero(bad)[0]
         ou[rows] = object_uniforms(rows, round_ + 1)
-        distance[rows], _ = _shape_distance(ou[rows], su[scene_of[rows]], size)
+        distance[rows], _ = _shape_distance(ou[rows], su[scene_of[rows]], cfg)
     ok = np.ones(b, dtype=bool)
     ok[scene_of[bad]] = False
     keep_obj = ok[scene_of]

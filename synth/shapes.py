@@ -26,8 +26,7 @@ SHAPE_KINDS = (
     "crescent",
 )
 # Relative frequency of each kind (rings and crescents are thin, hence rarer).
-_KIND_WEIGHTS = np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.2, 0.6, 0.6])
-_KIND_CDF = np.cumsum(_KIND_WEIGHTS) / _KIND_WEIGHTS.sum()
+SHAPE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.2, 0.6, 0.6)
 _MAX_VERTICES = 12
 _HARMONICS = 5
 # Uniform slots per object used by sample_shapes.
@@ -88,12 +87,37 @@ def _ellipse_radius(a: np.ndarray, b: np.ndarray, psi: np.ndarray) -> np.ndarray
     return a * b / np.sqrt((b * np.cos(psi)) ** 2 + (a * np.sin(psi)) ** 2)
 
 
+def kind_weights_for(
+    kinds: tuple[str, ...] | None = None, without: tuple[str, ...] = ()
+) -> tuple[float, ...]:
+    """Weights over ``SHAPE_KINDS``: the default mix restricted to ``kinds`` (all if None), minus
+    ``without``; one-line ``ValueError`` for an unknown kind or an empty mix."""
+    for name in (*(kinds or ()), *without):
+        if name not in SHAPE_KINDS:
+            raise ValueError(f"unknown shape kind {name!r}; choose from {', '.join(SHAPE_KINDS)}")
+    weights = tuple(
+        w if (kinds is None or k in kinds) and k not in without else 0.0
+        for k, w in zip(SHAPE_KINDS, SHAPE_WEIGHTS, strict=True)
+    )
+    if not sum(weights):
+        raise ValueError("the shape mix is empty: keep at least one kind")
+    return weights
+
+
 def sample_shapes(
-    u: np.ndarray, cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, num_bins: int
+    u: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    radius: np.ndarray,
+    num_bins: int,
+    kind_weights: tuple[float, ...] = SHAPE_WEIGHTS,
 ) -> ShapeBatch:
-    """Shapes from uniforms ``u`` float[O, NUM_SHAPE_UNIFORMS]; ``radius`` float[O] is the size (px)."""
+    """Shapes from uniforms ``u`` float[O, NUM_SHAPE_UNIFORMS]; ``radius`` float[O] is the size (px);
+    ``kind_weights`` (over ``SHAPE_KINDS``) is the mix of kinds."""
     o = u.shape[0]
-    kind = np.searchsorted(_KIND_CDF, u[:, SLOT_KIND], side="right").clip(0, len(SHAPE_KINDS) - 1)
+    weights = np.asarray(kind_weights, dtype=np.float64)
+    cdf = np.cumsum(weights) / weights.sum()
+    kind = np.searchsorted(cdf, u[:, SLOT_KIND], side="right").clip(0, len(SHAPE_KINDS) - 1)
     rot = u[:, SLOT_ROT] * 2 * np.pi
     phi = -np.pi + (np.arange(num_bins) + 0.5) * (2 * np.pi / num_bins)
     psi = np.mod(phi[None, :] - rot[:, None], 2 * np.pi)

@@ -8,8 +8,9 @@ scenes of the same family, beside the trivial answers on the same scenes:
   ``C_k``" (``trivial/layer{k}``; layer 0: "every object is in front") and the margin over it;
 - ``probe_pair_order``: over true occlusion edges whose front object is in layer 0, the front object's
   mean predicted layer-0 probability over its visible pixels beats the back object's (chance 0.5);
-- with the full evaluation (not ``--quick``, and always at the end): the free-running segmenter's
-  IoU per layer, ``pair_order`` (front object in an earlier predicted layer), layer-count accuracy.
+- with the full evaluation (not ``--quick``, and always at the end): the free-running segmenter
+  scored as ``evaluate.py`` does: layer-0 IoU, the trivial answer and the margin,
+  ``pair_order`` over every edge and over decidable ones, object-layer accuracy, layer count.
 
 One JSON line per evaluation goes to ``--out``. ``--minimal`` is the quick mechanism check of the model
 issue (2 flat objects, layer 0 only, the deterministic head; a few CPU minutes)::
@@ -25,11 +26,8 @@ optimiser, step, curve) and a rerun of the same command continues from it.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import multiprocessing
 import time
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -37,117 +35,17 @@ import numpy as np
 import torch
 
 from pipelines.cli.args import parse_override
-from pipelines.training.augment import FLIP_FIELDS, perturb_cumulative_mask
+from pipelines.training.augment import perturb_cumulative_mask
+from pipelines.training.local import LocalState, ema_model
 from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
+from pipelines.training.scenes import SampleStream, val_scenes
+from pipelines.training.validate import free_running_summary
 from sas_model.checkpoint import save_checkpoint
 from sas_model.config import ModelConfig
-from sas_model.metrics import layer_ious, mask_iou, mean_by_layer, pair_order, trivial_layer_ious
+from sas_model.metrics import mask_iou, mean_by_layer, trivial_layer_ious
 from sas_model.model import SASModel
 from sas_model.segmenter import SequentialSegmenter
 from synth.families import FAMILIES, family_config
-from synth.reader import Sample, collate_samples, scene_to_samples
-from synth.render import RenderConfig, render_scenes
-
-VAL_START = 10_000_000  # val scenes come from ids far from the training ids
-
-
-CHUNK = 256  # scenes rendered per task
-
-
-def render_samples(
-    seed: int, start: int, render: RenderConfig, layers: tuple[int, ...] | None
-) -> list[Sample]:
-    """The training samples of scenes ``start .. start + CHUNK`` (train split; only ``layers`` if given)."""
-    return [
-        s
-        for sc in render_scenes(seed, start, CHUNK, render)
-        if sc.split == "train"
-        for s in scene_to_samples(sc)
-        if layers is None or s.layer_index in layers
-    ]
-
-
-def _quiet_worker() -> None:
-    torch.set_num_threads(1)
-
-
-class SampleStream:
-    """Endless shuffled training samples from train-split scenes rendered on the fly.
-
-    ``layers``: keep only samples of these layer indices (None: every k, the terminal one included).
-    ``batch`` returns :func:`synth.reader.collate_samples` tensors; with ``hflip`` half the batches
-    are mirrored left-right. ``workers`` > 0 renders chunks in that many processes, a few chunks
-    ahead, so a GPU is not kept waiting; the scenes and their order are the same as with 0.
-    """
-
-    def __init__(
-        self,
-        seed: int,
-        render: RenderConfig,
-        buffer: int = 2048,
-        layers: tuple[int, ...] | None = None,
-        hflip: bool = True,
-        workers: int = 0,
-    ) -> None:
-        self.seed, self.cfg, self.buffer = seed, render, buffer
-        self.layers, self.hflip = layers, hflip
-        self.next_id, self.pool = 0, []
-        self.rng = np.random.default_rng(seed)
-        self.workers = workers
-        self._procs: Any = None
-        self._ahead: deque[tuple[int, Any]] = deque()
-
-    def _next_chunk(self) -> list[Sample]:
-        if not self.workers:
-            return render_samples(self.seed, self.next_id, self.cfg, self.layers)
-        if self._procs is None:
-            ctx = multiprocessing.get_context("spawn")
-            self._procs = ctx.Pool(self.workers, initializer=_quiet_worker)
-        while self._ahead and self._ahead[0][0] != self.next_id:  # stale after restore
-            self._ahead.popleft()
-        start = self._ahead[-1][0] + CHUNK if self._ahead else self.next_id
-        while len(self._ahead) < 2 * self.workers:
-            args = (self.seed, start, self.cfg, self.layers)
-            self._ahead.append((start, self._procs.apply_async(render_samples, args)))
-            start += CHUNK
-        return self._ahead.popleft()[1].get()
-
-    def _refill(self) -> None:
-        while len(self.pool) < self.buffer:
-            self.pool += self._next_chunk()
-            self.next_id += CHUNK
-        order = self.rng.permutation(len(self.pool))
-        self.pool = [self.pool[i] for i in order]
-
-    def batch(self, n: int) -> dict[str, torch.Tensor]:
-        if len(self.pool) < max(n, self.buffer // 2):
-            self._refill()
-        taken, self.pool = self.pool[:n], self.pool[n:]
-        arrays = collate_samples(taken)
-        if self.hflip and self.rng.random() < 0.5:  # numpy flips: ~50x torch.flip on CPU uint8
-            for k in FLIP_FIELDS:
-                width_axis = 2 if k == "image" else -1  # image [B,H,W,3]; masks [B,...,H,W]
-                arrays[k] = np.ascontiguousarray(np.flip(arrays[k], axis=width_axis))
-        return {k: torch.from_numpy(v) for k, v in arrays.items()}
-
-    def state(self) -> dict[str, Any]:
-        return {"next_id": self.next_id}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.next_id, self.pool = int(state["next_id"]), []
-
-    def close(self) -> None:
-        if self._procs is not None:
-            self._procs.terminate()
-            self._procs = None
-
-
-def val_scenes(seed: int, render: RenderConfig, count: int) -> list:
-    scenes, start = [], VAL_START
-    while len(scenes) < count:
-        scenes += [s for s in render_scenes(seed, start, 256, render) if s.split == "val"]
-        start += 256
-    return scenes[:count]
 
 
 def probe_pair_order(soft: np.ndarray, scenes: list) -> tuple[int, int]:
@@ -165,6 +63,22 @@ def probe_pair_order(soft: np.ndarray, scenes: list) -> tuple[int, int]:
     return correct, pairs
 
 
+# free-running summary key (sas_model.metrics_report) -> curve key
+FREE_KEYS = {
+    "iou_free/layer0": "free_layer0",
+    "margin_free/layer0": "margin_free_layer0",
+    "iou_free/layer1": "free_layer1",
+    "iou_free/layer2": "free_layer2",
+    "miou_free": "free_miou",
+    "pair_order": "pair_order",
+    "pair_order_decidable": "pair_order_decidable",
+    "decidable_fraction": "decidable_fraction",
+    "object_layer_acc": "object_layer_acc",
+    "layer_count_acc": "layer_count_acc",
+    "unet_passes_mean": "unet_passes",
+}
+
+
 def evaluate(
     model: SASModel,
     scenes: list,
@@ -172,7 +86,11 @@ def evaluate(
     quick: bool = False,
     layers: tuple[int, ...] | None = None,
 ) -> dict[str, float]:
-    """EMA metrics on val scenes; ``quick``: teacher-forced only, one ensemble member."""
+    """EMA metrics on val scenes; ``quick``: teacher-forced only, one ensemble member.
+
+    The free-running part is scored by ``sas_model.metrics_report`` (the definitions of
+    ``evaluate.py``): layer-0 IoU beside the trivial answer, pair order over every edge and over the
+    decidable ones, object-layer accuracy and layer count (keys: ``FREE_KEYS``)."""
     seg = SequentialSegmenter(model, device=next(model.parameters()).device)
     overrides = {"ensemble_size": 1} if quick else {}
     out: dict[str, float] = {}
@@ -185,6 +103,7 @@ def evaluate(
             np.stack([s.image for s in rows]),
             np.stack([s.cumulative_masks[k] for s in rows]),
             seed=0,
+            layer_index=np.full(len(rows), k),
             **overrides,
         )
         iou = float(
@@ -198,34 +117,9 @@ def evaluate(
             out["probe_pair_order"] = correct / max(1, pairs)
     if quick:
         return out
-    results = seg.segment(np.stack([s.image for s in scenes]), seed=0)
-    free = mean_by_layer(
-        [layer_ious(r.layer_masks, s.layer_masks) for r, s in zip(results, scenes, strict=True)]
-    )
-    for k in range(max_layer):
-        if k in free:
-            out[f"free_layer{k}"] = free[k]
-    correct = pairs = 0
-    for r, s in zip(results, scenes, strict=True):
-        if s.has_instances:
-            c, p = pair_order(r.layer_masks, s.visible_masks, s.occlusion_edges)
-            correct, pairs = correct + c, pairs + p
-    out["pair_order"] = correct / max(1, pairs)
-    out["layer_count_acc"] = float(
-        np.mean([r.num_layers == s.layer_masks.shape[0] for r, s in zip(results, scenes, strict=True)])
-    )
+    summary, _ = free_running_summary(seg, scenes, seed=0)
+    out.update({name: summary[key] for key, name in FREE_KEYS.items() if key in summary})
     return out
-
-
-def ema_model(model: SASModel, ema: EMA) -> SASModel:
-    """A copy of ``model`` holding the EMA weights, in eval mode."""
-    copy_ = copy.deepcopy(model).eval()
-    copy_.load_state_dict(ema.state_dict())
-    return copy_
-
-
-def _state_path(save: Path) -> Path:
-    return save / "probe_state.pt"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,40 +170,6 @@ def probe_config(args: argparse.Namespace) -> tuple[ModelConfig, Any]:
     return cfg, family_config(args.family, cfg.image_size, **counts)
 
 
-class ProbeState:
-    """The resumable state under ``--save``: model, EMA, optimiser, sample stream, clock and curve,
-    written atomically after every evaluation."""
-
-    def __init__(self, save: Path, model: SASModel, ema: EMA, opt: torch.optim.Optimizer, stream: Any):
-        self.path, self.model, self.ema, self.opt, self.stream = _state_path(save), model, ema, opt, stream
-
-    def load(self, device: torch.device) -> tuple[int, float, list[dict[str, Any]]] | None:
-        if not self.path.exists():
-            return None
-        state = torch.load(self.path, map_location=device, weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"], int(state.get("ema_updates", state["step"])))
-        self.opt.load_state_dict(state["optimizer"])
-        self.stream.restore(state["stream"])
-        return int(state["step"]), float(state["train_s"]), json.loads(state["curve"])
-
-    def save(self, step: int, train_s: float, curve: list[dict[str, Any]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = {
-            "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
-            "ema_updates": self.ema.num_updates,
-            "optimizer": self.opt.state_dict(),
-            "stream": self.stream.state(),
-            "step": step,
-            "train_s": train_s,
-            "curve": json.dumps(curve),
-        }
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.path)
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -322,14 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     opt = make_optimizer(model, tc.lr, tc.weight_decay)
     ema = EMA(model, tc.ema_decay)
     train_step = TrainStep(model, opt, ema, device, tc.precision, tc.grad_clip)
-    stream = SampleStream(args.seed, render, layers=layers, workers=args.render_workers)
+    stream = SampleStream(
+        args.seed, render, layers=layers, workers=args.render_workers, completion=cfg.order.enabled
+    )
     val = val_scenes(args.seed, render, args.val_scenes)
-    state = ProbeState(Path(args.save), model, ema, opt, stream) if args.save else None
+    state = LocalState(Path(args.save) / "probe_state.pt", model, ema, opt, stream) if args.save else None
     out = Path(args.out) if args.out else None
     train_s, step, curve = 0.0, 0, []
     resumed = state.load(device) if state else None
     if resumed:
-        step, train_s, curve = resumed
+        counters, curve = resumed
+        step, train_s = int(counters["step"]), float(counters["train_s"])
         torch.manual_seed(args.seed + step)
         print(f"[probe] resumed from {args.save} at step {step}", flush=True)
     print(
@@ -380,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                     fh.write(json.dumps(row) + "\n")
             next_eval += args.eval_steps if total else args.eval_every * 60
             if state:
-                state.save(step, train_s, curve)
+                state.save({"step": step, "train_s": train_s}, curve)
     stream.close()
     if args.save:
         checkpoint = Path(args.save) / "checkpoint"

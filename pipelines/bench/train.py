@@ -118,7 +118,12 @@ def ray_run(
         torch_threads=max(1, int(total_cpus // workers)),
     )
     started = time.perf_counter()
-    result = trainer.fit(run, data.build_train_dataset(data_path, shuffle, cache), cpus, False)
+    result = trainer.fit(
+        run,
+        data.build_train_dataset(data_path, shuffle, cache, completion=run.model.order.enabled),
+        cpus,
+        False,
+    )
     if result.error is not None:
         raise RuntimeError(f"ray-{workers} failed: {result.error}")
     outcome = result.return_value or {}

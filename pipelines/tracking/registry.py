@@ -70,7 +70,8 @@ def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path, input_image: Any) 
         export = Path(tmp) / "checkpoint"
         export.mkdir()
         for name in MODEL_FILES:
-            shutil.copy2(Path(checkpoint_dir) / name, export / name)
+            if (Path(checkpoint_dir) / name).is_file():  # a shipped model has no separate EMA file
+                shutil.copy2(Path(checkpoint_dir) / name, export / name)
         with mlflow.start_run(run_id=run_id):
             return sas_pyfunc.log_model(
                 checkpoint_dir=str(export),

@@ -45,17 +45,23 @@ def read_scenes(path: str, split: str) -> Any:
     return dataset.filter(expr=f"split == '{split}'")
 
 
-def build_train_dataset(path: str, shuffle: str = "buffer", cache: bool = False) -> Any:
+def build_train_dataset(
+    path: str, shuffle: str = "buffer", cache: bool = False, completion: bool = False
+) -> Any:
     """Ray Dataset of training samples: ``image`` uint8[H,W,3]; ``cumulative_mask``, ``layer_mask`` and
     ``foreground`` uint8[H,W]; ``occlusion`` int8[3,H,W] (occlusion maps); ``layer_index`` int64.
 
     ``shuffle="buffer"`` randomises block order per epoch and leaves in-block mixing to the workers'
     local shuffle buffer (streaming, cheap); ``"global"`` adds a full ``random_shuffle`` per epoch.
+    ``completion`` (a model with an order head): only the samples that model learns from
+    (``synth.reader.sample_layers``), so each scene comes about once per epoch instead of L + 1 times.
     """
     from synth.reader import expand_batch_to_samples
 
     scenes = read_scenes(path, "train")  # block order and shuffles differ per epoch (unseeded)
-    samples = scenes.map_batches(expand_batch_to_samples, batch_format="numpy", batch_size=32)
+    samples = scenes.map_batches(
+        expand_batch_to_samples, fn_kwargs={"completion": completion}, batch_format="numpy", batch_size=32
+    )
     samples = samples.select_columns(SAMPLE_COLUMNS)
     if cache:  # decode once into the object store; epochs then only re-split and re-shuffle blocks
         samples = samples.materialize()

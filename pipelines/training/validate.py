@@ -55,7 +55,8 @@ def free_running_summary(
     segmenter: Any, scenes: list, seed: int = 0, sampler_overrides: dict | None = None
 ) -> tuple[dict[str, float], list]:
     """Segment ``scenes`` free-running (sampler ``seed``) and score them with ``metrics_report`` (the
-    definitions of ``evaluate.py``); returns the summary and the per-scene results."""
+    definitions of ``evaluate.py``, instance metrics and AP included); returns the summary and the
+    per-scene results."""
     from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
 
     images = np.stack([scene.image for scene in scenes])
@@ -68,6 +69,7 @@ def free_running_summary(
                 scene.layer_masks,
                 result.layer_masks,
                 objects_truth=truth if scene.has_instances else None,
+                pred_objects=result.objects,
                 unet_passes=result.unet_passes,
             )
         )
