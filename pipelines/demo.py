@@ -28,42 +28,25 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.cli.env import apply_env_defaults
+from pipelines.cli.env import PRETRAINED_ENV, apply_env_defaults
 from pipelines.tracking.store import resolve_mlflow_uri
 from synth.cli import UserError, fail
 from synth.ray_runtime import REPO_ROOT
 
-DEFAULT_MODEL = "models:/sas@champion"
-PRETRAINED_ENV = "SAS_PRETRAINED_MODEL"
-DEFAULT_PRETRAINED = REPO_ROOT / "models" / "pretrained"
 EXAMPLES_DIR = REPO_ROOT / "docs" / "demo" / "examples"
 DISPLAY_MIN = 256  # small images are shown enlarged (nearest neighbour) to at least this many pixels
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 # ---- model ------------------------------------------------------------------------------------------
-def pretrained_path(flag: str | None = None) -> Path:
-    return Path(flag or os.environ.get(PRETRAINED_ENV) or DEFAULT_PRETRAINED).expanduser()
-
-
 def find_model(uri: str | None, tracking_uri: str, pretrained: str | None = None) -> Any:
     """``ModelSource`` for ``--model`` (a run id, ``runs:/``, ``models:/`` or a checkpoint path); with
     none, the registered champion, else the shipped pretrained checkpoint, else ``UserError``."""
-    from pipelines.inference.models import resolve_model
+    from pipelines.inference.models import default_model, resolve_model
 
     if uri:
         return resolve_model(f"runs:/{uri}/model" if RUN_ID.match(uri) else uri, tracking_uri)
-    try:
-        return resolve_model(DEFAULT_MODEL, tracking_uri)
-    except UserError as champion_error:
-        path = pretrained_path(pretrained)
-        if path.exists():
-            return resolve_model(str(path), tracking_uri)
-        reason = " ".join(str(champion_error).split())[:160]
-        raise UserError(
-            f"no model to show: {DEFAULT_MODEL} is not available ({reason}) and there is no pretrained "
-            f"checkpoint at {path} (set --pretrained or ${PRETRAINED_ENV}); pass --model URI"
-        ) from None
+    return default_model(tracking_uri, pretrained)
 
 
 # ---- one request ------------------------------------------------------------------------------------

@@ -131,7 +131,10 @@ class SceneScorer:
         """Per scene ``(tf_layers bool[L,H,W], tf_terminal bool[H,W])``: all ``(scene, k)`` in one call."""
         images = np.stack([s.image for s in scenes for _ in range(s.num_layers + 1)])
         cumulative = np.concatenate([s.cumulative_masks for s in scenes]).astype(bool)
-        masks = self.segmenter.predict_layer(images, cumulative, seed=self.seed, **self.overrides).layer_mask
+        k = np.concatenate([np.arange(s.num_layers + 1) for s in scenes])
+        masks = self.segmenter.predict_layer(
+            images, cumulative, seed=self.seed, layer_index=k, **self.overrides
+        ).layer_mask
         out, start = [], 0
         for scene in scenes:
             layers = scene.num_layers

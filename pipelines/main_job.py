@@ -7,9 +7,12 @@ Stages, each one the project's own command run as a subprocess (so each gets a f
 
 1. ``synth/generate.py``: synthetic occlusion scenes into Parquet (``--data``, resumable);
 2. ``synth/preview.py``: a contact sheet of the dataset;
-3. ``pipelines/train.py``: Ray Train training of the ``--preset`` for ``--minutes`` (MLflow run,
-   model registered as ``sas`` with alias ``champion`` when its validation mIoU is the best so far);
-4. ``pipelines/evaluate.py``: metrics of the trained checkpoint on held-out test scenes;
+3. ``pipelines/train.py``: Ray Train training of the ``--preset``, by default fine-tuning the shipped
+   model (``--init pretrained``, ``models/pretrained``; ``--init scratch`` trains from nothing), for
+   ``--steps`` (MLflow run, model registered as ``sas`` with alias ``champion`` when its validation
+   mIoU is the best so far);
+4. ``pipelines/evaluate.py``: metrics of the trained model on held-out test scenes, beside the shipped
+   model's on the same scenes;
 5. ``pipelines/predict.py``: layer masks, objects and overlays for a folder of held-out images.
 
 A stage that fails stops the job with its exit code; rerunning the same command resumes: the
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from pipelines.cli.env import apply_env_defaults
 from pipelines.cli.files import write_bytes_atomic
+from pipelines.training.resume import resolve_init
 from synth.cli import fail, parse_number, parse_positive_float
 from synth.ray_runtime import REPO_ROOT
 
@@ -72,6 +76,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULT_STEPS,
         help=f"training steps (default {DEFAULT_STEPS}: what a faster CPU learns does not change; "
         "--minutes still caps the time)",
+    )
+    p.add_argument(
+        "--init",
+        default="pretrained",
+        help="start from: pretrained (default: the shipped model, models/pretrained), scratch, a checkpoint",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     p.add_argument("--data", default=None, help="dataset folder (default data/main-<family>)")
@@ -120,22 +129,26 @@ def trained_model_uri(result_path: Path, register_name: str) -> str:
 
 
 def metrics_table(summary_path: Path) -> str:
-    """A short table of the evaluation's headline metrics and where its overlay sheet is."""
+    """A short table of the evaluation's headline metrics (one column per model) and where its
+    overlay sheet is."""
     try:
         summaries = json.loads(summary_path.read_text())["summaries"]
     except (OSError, ValueError, KeyError):
         return f"(no evaluation summary at {summary_path})"
-    metrics = next(iter(summaries.values()), {})
+    if not summaries:
+        return f"(no evaluation summary at {summary_path})"
+    images = int(next(iter(summaries.values())).get("images", 0))
     lines = [
-        f"\n=== metrics on {int(metrics.get('images', 0))} held-out test scenes",
-        "| metric | value |",
-        "|---|---:|",
+        f"\n=== metrics on {images} held-out test scenes",
+        "| metric | " + " | ".join(summaries) + " |",
+        "|---|" + "---:|" * len(summaries),
     ]
     for key, label in SUMMARY_KEYS:
-        if key in metrics:
-            lines.append(f"| {label} | {metrics[key]:.3f} |")
+        if any(key in m for m in summaries.values()):
+            cells = [f"{m[key]:.3f}" if key in m else "–" for m in summaries.values()]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     sheet = summary_path.parent / "overlays.png"
-    lines.append(f"overlay sheet (image | truth | prediction | uncertainty): {sheet}")
+    lines.append(f"overlay sheet (image | truth | per model: prediction, uncertainty): {sheet}")
     return "\n".join(lines)
 
 
@@ -182,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "--minutes",
         str(args.minutes),
     ]
-    train += ["--name", name, "--alias-policy", "better", *mlflow]
+    train += ["--name", name, "--alias-policy", "better", "--init", args.init, *mlflow]
     if args.steps:
         train += ["--steps", str(args.steps)]
     for item in args.set:
@@ -193,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     run_stage("train", train, times)
     model_uri = trained_model_uri(train_result, "sas")
 
-    evaluate = ["pipelines/evaluate.py", "--model", model_uri, "--data", data, "--split", "test"]
+    start = resolve_init(args.init)
+    models = ["--model", f"trained={model_uri}"]
+    if start is not None:  # the model it started from, on the same scenes
+        models = ["--model", f"{'shipped' if args.init == 'pretrained' else 'init'}={start}", *models]
+    evaluate = ["pipelines/evaluate.py", *models, "--data", data, "--split", "test"]
     run_stage(
         "evaluate", evaluate + ["--limit", str(args.eval_scenes), "--out", str(out / "eval"), *mlflow], times
     )

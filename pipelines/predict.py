@@ -51,7 +51,13 @@ import numpy as np
 from pipelines.cli.env import apply_env_defaults
 from pipelines.cli.files import replace_dir_atomic, write_text_atomic
 from pipelines.cli.progress import Progress
-from pipelines.inference.models import ModelSource, describe_device, load_source_segmenter, resolve_model
+from pipelines.inference.models import (
+    ModelSource,
+    default_model,
+    describe_device,
+    load_source_segmenter,
+    resolve_model,
+)
 from pipelines.inference.options import (
     actor_pool,
     actor_resources,
@@ -296,7 +302,8 @@ def write_image_folder(out_dir: Path, name: str, blob: bytes) -> Path:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.workers < 1 or args.batch < 1:
         raise UserError("--workers and --batch must be at least 1")
-    source = resolve_model(args.model, resolve_mlflow_uri(args.mlflow_uri))
+    tracking_uri = resolve_mlflow_uri(args.mlflow_uri)
+    source = resolve_model(args.model, tracking_uri) if args.model else default_model(tracking_uri)
     overrides = sampler_overrides(args)
     check_sampler_overrides(source, overrides)
     out_dir = Path(args.out)

@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode the training samples once into Ray's object store (auto: if they fit in 25%%)",
     )
     p.add_argument("--seed", type=parse_number, help="data/augmentation seed (default: train.seed)")
+    p.add_argument(
+        "--init",
+        default="scratch",
+        help="a new run starts from: scratch (default), pretrained (the shipped model, models/pretrained "
+        "or $SAS_PRETRAINED_MODEL) or a checkpoint folder; a resumed run ignores it",
+    )
     p.add_argument("--fail-once-at-step", type=parse_number, help=argparse.SUPPRESS)  # test hook
     p.add_argument("--inject-nan-from-step", type=parse_number, help=argparse.SUPPRESS)  # test hook
     return p
@@ -175,6 +181,7 @@ def build_run_config(args: argparse.Namespace, data_path: str, storage: str) -> 
             placement=args.placement,
             max_failures=int(args.max_failures),
             gpu=args.gpu,
+            init=args.init,
             fail_once_at_step=args.fail_once_at_step,
             inject_nan_from_step=args.inject_nan_from_step,
         ).validate()
@@ -202,6 +209,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = run.model
     run_dir = resume.run_dir(run.storage, run.name)
     resume_from = resume.check_compatible(run_dir, cfg)  # raises UserError on a mismatch
+    init_from = resume.check_init(run.init, cfg) if resume_from is None else None
 
     mode = init_ray()
     if mode == "cluster" and "://" not in args.storage and not Path(args.storage).is_absolute():
@@ -226,7 +234,9 @@ def _run(args: argparse.Namespace) -> int:
         mlflow_run_id=run_id,
         fail_once_marker=str(Path(run_dir) / ".injected_failure") if "://" not in run_dir else "",
     )
-    origin = "" if resume_from is None else f" from {Path(resume_from.path).name}"
+    origin = (
+        f" from {Path(resume_from.path).name}" if resume_from else f" from {init_from}" if init_from else ""
+    )
     print(
         f"[train] {'starting' if resume_from is None else 'resuming'} run '{run.name}'{origin} in {run_dir}: "
         f"preset {args.preset}, "

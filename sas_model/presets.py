@@ -166,4 +166,20 @@ PAPER: dict[str, Any] = {
 }
 
 
-PRESETS: dict[str, dict[str, Any]] = {"tiny": TINY, "small": SMALL, "paper": PAPER}
+# The round-6 ``tiny``: the sequential diffusion model deciding the layers itself (the paper's method
+# at CPU size, with the occlusion cues and the foreground head); the baseline of the order head.
+TINY_SEQUENTIAL: dict[str, Any] = {
+    **TINY,
+    "name": "tiny-sequential",
+    "diffusion": {**TINY["diffusion"], "foreground_weight": 1.0},
+    "cues": {"enabled": True},
+    "order": {"enabled": False},
+}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": TINY,
+    "tiny-sequential": TINY_SEQUENTIAL,
+    "small": SMALL,
+    "paper": PAPER,
+}

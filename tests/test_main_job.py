@@ -43,6 +43,7 @@ def test_defaults_match_the_readme() -> None:
     args = main_job.parse_args([])
     assert (args.preset, args.scenes, args.family) == ("tiny", 20_000, main_job.DEFAULT_FAMILY)
     assert (args.steps, args.minutes, args.data) == (main_job.DEFAULT_STEPS, main_job.DEFAULT_MINUTES, None)
+    assert args.init == "pretrained"  # the main job fine-tunes the shipped model
 
 
 def test_metrics_table_reads_the_evaluation_summary(tmp_path) -> None:
@@ -52,3 +53,15 @@ def test_metrics_table_reads_the_evaluation_summary(tmp_path) -> None:
     assert "200 held-out test scenes" in table and "| layer-0 IoU (free-running) | 0.700 |" in table
     assert str(tmp_path / "overlays.png") in table
     assert "no evaluation summary" in main_job.metrics_table(tmp_path / "missing.json")
+
+
+def test_metrics_table_shows_the_shipped_and_the_trained_model_side_by_side(tmp_path) -> None:
+    summaries = {
+        "shipped": {"images": 200, "pair_order": 0.8, "object_layer_acc": 0.85},
+        "trained": {"images": 200, "pair_order": 0.82},
+    }
+    (tmp_path / "summary.json").write_text(json.dumps({"summaries": summaries}))
+    table = main_job.metrics_table(tmp_path / "summary.json")
+    assert "| metric | shipped | trained |" in table
+    assert "| pair order, every edge (front object in an earlier layer) | 0.800 | 0.820 |" in table
+    assert "| object-layer accuracy (each object's layer right) | 0.850 | – |" in table

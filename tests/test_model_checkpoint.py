@@ -18,9 +18,9 @@ from sas_model.model import SASModel
 from sas_model.segmenter import SequentialSegmenter
 
 
-def _model(seed: int = 0, **overrides: object) -> SASModel:
+def _model(seed: int = 0, preset: str = "tiny", **overrides: object) -> SASModel:
     torch.manual_seed(seed)
-    cfg = ModelConfig.preset("tiny").replace(
+    cfg = ModelConfig.preset(preset).replace(
         **{"image_size": 32, "sampler.steps": 3, "sampler.max_layers": 2, **overrides}
     )
     model = SASModel(cfg).eval()
@@ -34,8 +34,10 @@ def _images(n: int = 2) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
-    model, ema = _model(0, **{"unet.self_condition": True}), _model(1, **{"unet.self_condition": True})
+@pytest.mark.parametrize("preset", ["tiny", "tiny-sequential"])
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, preset: str) -> None:
+    model = _model(0, preset, **{"unet.self_condition": True})
+    ema = _model(1, preset, **{"unet.self_condition": True})
     save_checkpoint(tmp_path, model, ema_state=ema.state_dict(), extra={"step": 42})
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json",
@@ -46,7 +48,8 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     assert load_meta(tmp_path)["step"] == 42
     raw, averaged = load_model(tmp_path, use_ema=False), load_model(tmp_path)
     assert raw.cfg == model.cfg
-    cond = model.condition(torch.as_tensor(_images()), torch.zeros(2, 32, 32))
+    empty = torch.zeros(2, 32, 32)
+    cond = model.condition(torch.as_tensor(_images()), empty, empty if model.order is not None else None)
     x_t, t = torch.randn(2, 1, 32, 32), torch.tensor([10, 990])
     with torch.no_grad():
         assert torch.equal(raw.predict_x0(cond, x_t, t), model.predict_x0(cond, x_t, t))
@@ -66,7 +69,7 @@ def test_load_segmenter_applies_sampler_overrides(tmp_path: Path) -> None:
 
 
 def test_deterministic_mode_segments_with_one_pass_per_layer(tmp_path: Path) -> None:
-    model = _model(0, **{"diffusion.mode": "deterministic"})
+    model = _model(0, "tiny-sequential", **{"diffusion.mode": "deterministic"})
     (result,) = SequentialSegmenter(model).segment(_images(1), seed=0)
     assert result.unet_passes == max(1, result.num_layers + (result.stop_reason != "max_layers"))
 

@@ -53,7 +53,8 @@ def test_json_round_trip_gives_identical_model_outputs(tmp_path) -> None:
     a = SASModel(cfg).eval()
     torch.manual_seed(0)
     b = SASModel(loaded).eval()
-    cond = a.condition(torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8), torch.zeros(2, 64, 64))
+    image, empty = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8), torch.zeros(2, 64, 64)
+    cond = a.condition(image, empty, empty)  # tiny completes layers: C_k and the visible part
     x_t, t = torch.randn(2, 1, 64, 64), torch.tensor([3, 900])
     for p in a.parameters():  # zero-initialised heads would make the comparison trivial
         p.data.normal_(0, 0.05, generator=torch.Generator().manual_seed(p.numel()))

@@ -168,7 +168,7 @@ def _batch(n: int = 8) -> tuple[torch.Tensor, ...]:
 )
 def test_every_objective_gives_a_finite_loss_and_gradients(overrides: dict) -> None:
     torch.manual_seed(0)
-    model = SASModel(ModelConfig.preset("tiny").replace(**overrides))
+    model = SASModel(ModelConfig.preset("tiny-sequential").replace(**overrides))
     loss, logs = model(*_batch(4))
     loss.backward()
     cue_logs = {"cues", "cue/ownership", "cue/boundary", "cue/region", "cue/embedding"}
@@ -178,7 +178,7 @@ def test_every_objective_gives_a_finite_loss_and_gradients(overrides: dict) -> N
 
 def test_tiny_model_overfits_a_fixed_batch() -> None:
     torch.manual_seed(0)
-    model = SASModel(ModelConfig.preset("tiny"))
+    model = SASModel(ModelConfig.preset("tiny-sequential"))
     optimiser = torch.optim.AdamW(model.parameters(), lr=2e-3)
     batch = _batch(8)
     losses = []
@@ -195,7 +195,9 @@ def test_foreground_head_adds_its_loss_and_stays_out_of_the_sampler_path() -> No
     torch.manual_seed(0)
     image, cumulative, layer, foreground, occlusion, k = _batch(4)
     cues = {"occlusion": occlusion, "layer_index": k}
-    with_head = SASModel(ModelConfig.preset("tiny").replace(**{"diffusion.foreground_weight": 2.0}))
+    with_head = SASModel(
+        ModelConfig.preset("tiny-sequential").replace(**{"diffusion.foreground_weight": 2.0})
+    )
     assert with_head.unet.head.out_channels == 2
     with pytest.raises(ValueError, match="pass foreground=") as info:
         with_head(image, cumulative, layer)
@@ -212,7 +214,7 @@ def test_foreground_head_adds_its_loss_and_stays_out_of_the_sampler_path() -> No
     x_t, t = torch.zeros(4, 1, 64, 64), torch.full((4,), 999)
     assert with_head.predict_x0(cond, x_t, t).shape == (4, 1, 64, 64)  # samplers see one channel
 
-    without = SASModel(ModelConfig.preset("tiny").replace(**{"diffusion.foreground_weight": 0.0}))
+    without = SASModel(ModelConfig.preset("tiny-sequential").replace(**{"diffusion.foreground_weight": 0.0}))
     assert without.unet.head.out_channels == 1
     _, logs = without(image, cumulative, layer, **cues)  # no foreground needed
     assert logs["foreground"] == 0.0

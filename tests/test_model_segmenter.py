@@ -231,7 +231,7 @@ def test_the_batching_check_depends_on_the_noise() -> None:
 def test_sampler_precision_autocasts_the_unet_passes(precision: str, dtype: torch.dtype) -> None:
     from sas_model.model import SASModel
 
-    model = SASModel(ModelConfig.preset("tiny"))
+    model = SASModel(ModelConfig.preset("tiny-sequential"))
     seen: list[torch.dtype] = []
     model.unet.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     prediction = SequentialSegmenter(model).predict_layer(

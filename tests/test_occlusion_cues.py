@@ -83,7 +83,7 @@ def test_cue_module_shapes_and_loss_are_finite():
 
 
 def test_model_with_cues_needs_the_maps_and_trains():
-    cfg = ModelConfig.preset("tiny").replace(
+    cfg = ModelConfig.preset("tiny-sequential").replace(
         **{"image_size": 32, "cues.enabled": True, "cues.width": 16, "cues.depth": 2}
     )
     model = SASModel(cfg)

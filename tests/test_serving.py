@@ -214,9 +214,7 @@ def test_demo_model_defaults_to_the_champion_else_the_pretrained_checkpoint(tmp_
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # an empty store: no champion
     monkeypatch.delenv("SAS_PRETRAINED_MODEL", raising=False)
-    with pytest.raises(
-        UserError, match=r"no model to show: models:/sas@champion is not available .* no pretrained"
-    ):
+    with pytest.raises(UserError, match=r"no model: models:/sas@champion is not available .* no pretrained"):
         find_model(None, tracking, pretrained=str(tmp_path / "absent"))
     monkeypatch.setenv("SAS_PRETRAINED_MODEL", _checkpoint(tmp_path / "shipped"))
     assert find_model(None, tracking).checkpoint_dir == str((tmp_path / "shipped").resolve())

@@ -1,12 +1,19 @@
 """The environment every command line starts with: quiet, local-only defaults (no usage stats, no
-telemetry, no EC2 metadata lookups, unbuffered output) that never override what the user exported.
+telemetry, no EC2 metadata lookups, unbuffered output) that never override what the user exported;
+and where the shipped pretrained model is (``pretrained_path``).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from pipelines.cli.progress import interactive
+from synth.ray_runtime import REPO_ROOT
+
+# The model that ships with the project (pipelines/pretrain.py --ship writes it).
+PRETRAINED_ENV = "SAS_PRETRAINED_MODEL"
+DEFAULT_PRETRAINED = REPO_ROOT / "models" / "pretrained"
 
 # Quiet, local-only defaults; anything the user already exported wins.
 ENV_DEFAULTS = {
@@ -24,3 +31,9 @@ def apply_env_defaults() -> None:
         os.environ.setdefault(key, value)
     if not interactive():  # Ray Data's own bars only on a terminal, never in logs or under CI=true
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def pretrained_path(flag: str | None = None) -> Path:
+    """The shipped model's checkpoint folder: ``flag``, else ``$SAS_PRETRAINED_MODEL``, else
+    ``models/pretrained`` in the checkout."""
+    return Path(flag or os.environ.get(PRETRAINED_ENV) or DEFAULT_PRETRAINED).expanduser()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.env import PRETRAINED_ENV, pretrained_path
 from sas_model.config import ModelConfig  # no torch import: the CLIs' --help stays fast
 from synth.cli import UserError
 
@@ -71,6 +72,25 @@ def _checkpoint_in(directory: Path) -> Path | None:
         return directory / "artifacts" / "checkpoint"
     runs = sorted(p for p in directory.glob("checkpoint_*") if (p / "config.json").is_file())
     return runs[-1] if runs else None
+
+
+DEFAULT_MODEL = "models:/sas@champion"
+
+
+def default_model(tracking_uri: str | None, pretrained: str | None = None) -> ModelSource:
+    """The model a command uses when none is named: the registered champion (``DEFAULT_MODEL``), else
+    the shipped pretrained model (``pipelines.cli.env.pretrained_path``), else one-line ``UserError``."""
+    try:
+        return resolve_model(DEFAULT_MODEL, tracking_uri)
+    except UserError as champion_error:
+        path = pretrained_path(pretrained)
+        if (path / "config.json").is_file():
+            return resolve_model(str(path), tracking_uri)
+        reason = " ".join(str(champion_error).split())[:160]
+        raise UserError(
+            f"no model: {DEFAULT_MODEL} is not available ({reason}) and there is no pretrained "
+            f"checkpoint at {path} (set --pretrained or ${PRETRAINED_ENV}); pass --model URI"
+        ) from None
 
 
 def resolve_model(uri: str, tracking_uri: str | None = None, cache_dir: str | None = None) -> ModelSource:

@@ -34,7 +34,11 @@ def add_model_args(parser: argparse.ArgumentParser, repeatable: bool = False) ->
             help=help_text + "; repeat to compare models in one table",
         )
     else:
-        parser.add_argument("--model", required=True, metavar="URI", help=help_text)
+        parser.add_argument(
+            "--model",
+            metavar="URI",
+            help=help_text + " (default: models:/sas@champion, else the shipped model in models/pretrained)",
+        )
     parser.add_argument(
         "--mlflow-uri", help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)"
     )

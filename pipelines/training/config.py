@@ -59,6 +59,9 @@ class RunConfig:
     placement: str = "pack"
     max_failures: int = 2
     gpu: str = "auto"
+    init: str = (
+        "scratch"  # a new run starts from: scratch, pretrained (the shipped model) or a checkpoint dir
+    )
     prefetch_batches: int = 2
     # set at launch
     shuffle_buffer: int | None = None

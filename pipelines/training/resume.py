@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.env import pretrained_path
 from pipelines.tracking.store import flatten_dict
 from synth.cli import UserError
 
@@ -62,6 +63,17 @@ def architecture(config: dict[str, Any]) -> dict[str, Any]:
     return flatten_dict({k: v for k, v in normalised.items() if k not in MUTABLE_SECTIONS})
 
 
+def architecture_difference(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Empty when two model configs (``to_dict`` form) build the same tensors, else the first differing
+    field, ``key: old -> new`` (and how many more)."""
+    old, new = architecture(before), architecture(after)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if not changed:
+        return ""
+    first, more = changed[0], len(changed) - 1
+    return f"{first}: {old.get(first)!r} -> {new.get(first)!r}" + (f" and {more} more" if more else "")
+
+
 def resume_checkpoint(directory: str) -> Any | None:
     """The ``ray.train.Checkpoint`` Ray Train resumes the run in ``directory`` from (its newest
     reported one), or ``None`` when there is no run there to resume (or one without checkpoints)."""
@@ -79,20 +91,53 @@ def resume_checkpoint(directory: str) -> Any | None:
         ray_train_logger.setLevel(level)
 
 
+INIT_CHOICES = ("scratch", "pretrained")
+
+
+def resolve_init(init: str) -> Path | None:
+    """The checkpoint folder a new run starts from: None for ``scratch`` (or ""), the shipped model
+    (``pipelines.cli.env.pretrained_path``) for ``pretrained``, else ``init`` itself (a checkpoint
+    directory: ``config.json`` and weights)."""
+    if init in ("", "scratch"):
+        return None
+    return pretrained_path() if init == "pretrained" else Path(init).expanduser()
+
+
+def check_init(init: str, cfg: Any) -> Path | None:
+    """:func:`resolve_init`, checked: the folder is a checkpoint and its architecture is ``cfg``'s
+    (one-line ``UserError`` naming the first difference otherwise)."""
+    from sas_model.config import ModelConfig
+
+    path = resolve_init(init)
+    if path is None:
+        return None
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"--init {init}: {path} is not a checkpoint folder (no config.json); pass --init scratch"
+        )
+    try:
+        saved = ModelConfig.load(path / "config.json")
+    except ValueError as exc:
+        raise UserError(f"--init {init}: cannot read {path / 'config.json'} ({exc})") from None
+    difference = architecture_difference(saved.to_dict(), cfg.to_dict())
+    if difference:
+        raise UserError(
+            f"--init {init}: the checkpoint's architecture differs from this run's config ({difference}); "
+            f"use its config (--preset {path / 'config.json'}) or --init scratch"
+        )
+    return path
+
+
 def check_compatible(directory: str, cfg: Any) -> Any | None:
     """Return the checkpoint the run in ``directory`` resumes from (``None``: a new run); raise
     ``UserError`` if the saved run's model architecture differs from ``cfg``'s."""
     saved = read_storage_text(f"{directory}/{RUN_CONFIG_FILE}")
     if saved is None:
         return resume_checkpoint(directory)
-    before = architecture(json.loads(saved)["model_config"])
-    after = architecture(cfg.to_dict())
-    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-    if changed:
-        first = changed[0]
+    difference = architecture_difference(json.loads(saved)["model_config"], cfg.to_dict())
+    if difference:
         raise UserError(
-            f"cannot resume run {directory}: its model config differs ({first}: {before.get(first)!r} -> "
-            f"{after.get(first)!r}{f' and {len(changed) - 1} more' if len(changed) > 1 else ''}); "
+            f"cannot resume run {directory}: its model config differs ({difference}); "
             "use another --name or --storage for a new run"
         )
     return resume_checkpoint(directory)

@@ -129,7 +129,11 @@ class Validator:
         per_layer: dict[str, list[float]] = {}
         for batch, terminal in self._batches():
             prediction = segmenter.predict_layer(
-                batch["image"], batch["cumulative_mask"].astype(bool), seed=0, **self.sampler_overrides
+                batch["image"],
+                batch["cumulative_mask"].astype(bool),
+                seed=0,
+                layer_index=batch["layer_index"],
+                **self.sampler_overrides,
             )
             pred_masks = _prediction_masks(prediction)
             for i, k in enumerate(batch["layer_index"]):

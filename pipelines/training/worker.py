@@ -124,6 +124,19 @@ def _restore_newest_readable(
     raise RuntimeError(f"no readable checkpoint in {checkpoint.path}/..; start a new run with another --name")
 
 
+def start_from(init: str, model: torch.nn.Module, ema: EMA) -> str:
+    """Load the weights of the checkpoint ``init`` names (``resume.resolve_init``; its EMA weights when
+    it has them) into ``model`` and restart ``ema`` from them; returns the folder and its samples."""
+    from pipelines.training.resume import resolve_init
+    from sas_model.checkpoint import load_meta, load_model
+
+    path = resolve_init(init)
+    model.load_state_dict(load_model(path, use_ema=True, device="cpu").state_dict())
+    ema.load_state_dict({k: v.detach().float().clone() for k, v in model.state_dict().items()}, 0)
+    seen = load_meta(path).get("samples_seen")
+    return f"{path}" + (f" ({int(seen):,} samples seen)" if seen else "")
+
+
 def _save(directory: str, model: torch.nn.Module, ema: EMA, optimizer: Any, state: TrainerState) -> None:
     from sas_model.checkpoint import save_checkpoint
 
@@ -299,6 +312,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     )
     if checkpoint and rank == 0:
         say(f"[train] resumed from step {state.step} (epoch {state.epoch})")
+    if not checkpoint and run.init not in ("", "scratch"):
+        start = start_from(run.init, model, ema)
+        if rank == 0:
+            say(f"[train] starting from the weights of {start}")
     ddp_model = ray.train.torch.prepare_model(model, move_to_device=False)
     train_step = TrainStep(
         model, optimizer, ema, device, tc.precision, tc.grad_clip, forward=ddp_model, world_size=world_size
