@@ -150,21 +150,31 @@ def trivial_layer_ious(true_layers: np.ndarray) -> list[float]:
     return out
 
 
-def object_layers(pred_layers: np.ndarray, visible_masks: np.ndarray) -> np.ndarray:
-    """int64[N]: the predicted layer of each true object, the predicted layer mask that covers most
-    of its visible pixels (-1 when none covers any; objects without visible pixels get -1)."""
+def front_layer_map(pred_layers: np.ndarray) -> np.ndarray:
+    """int64[H,W]: the front-most predicted layer covering each pixel (-1 where none does): the layer
+    *visible* there. Layer masks are amodal, so a back layer legitimately covers the pixels of the
+    objects in front of its hidden parts; which layer a pixel shows is the first that covers it."""
     pred = np.asarray(pred_layers, dtype=bool)
+    if not len(pred):
+        return np.full(pred.shape[1:], -1, dtype=np.int64)
+    return np.where(pred.any(axis=0), pred.argmax(axis=0), -1).astype(np.int64)
+
+
+def object_layers(pred_layers: np.ndarray, visible_masks: np.ndarray) -> np.ndarray:
+    """int64[N]: the predicted layer of each true object: the layer that most of its visible pixels
+    show in the prediction (:func:`front_layer_map`), -1 when no predicted layer covers any of them
+    (objects without visible pixels get -1)."""
     visible = np.asarray(visible_masks, dtype=bool)
     if not len(visible):
         return np.zeros(0, dtype=np.int64)
-    if not len(pred):
-        return np.full(len(visible), -1, dtype=np.int64)
-    overlap = np.einsum(
-        "lp,np->nl",
-        pred.reshape(len(pred), -1).astype(np.int32),
-        visible.reshape(len(visible), -1).astype(np.int32),
-    )
-    return np.where(overlap.max(axis=1) > 0, overlap.argmax(axis=1), -1).astype(np.int64)
+    shown = front_layer_map(pred_layers)
+    out = np.full(len(visible), -1, dtype=np.int64)
+    for j, mask in enumerate(visible):
+        values = shown[mask]
+        values = values[values >= 0]
+        if len(values):
+            out[j] = int(np.bincount(values).argmax())
+    return out
 
 
 DECIDABLE_BORDER = 3  # px of visible border an occlusion edge needs to count as decidable

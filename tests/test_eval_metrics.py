@@ -237,3 +237,15 @@ def test_layer0_decision_rules_absolute_relative_and_oracle_count():
     assert decided["relative 0.1"].tolist() == [True, False, False, False]
     assert decided["top-n (oracle count)"].tolist() == [True, False, False, False]
     assert decided["mask"].tolist() == [True, True, True, False]
+
+
+def test_an_objects_layer_is_the_layer_its_visible_pixels_show_not_a_back_layers_hidden_part() -> None:
+    # BACK's amodal mask (layer 1) covers most of a small FRONT object: its hidden part lies under
+    # FRONT. FRONT's visible pixels show layer 0, the first layer covering them.
+    front, back = box(4, 4, 8, 8), box(2, 2, 12, 12)
+    visible = np.stack([front, back & ~front])
+    pred = np.stack([front & ~box(4, 4, 5, 8), back])  # layer 0 misses one row of FRONT
+    # counted on the amodal masks, layer 1 would hold more of FRONT's visible pixels (16 vs 12)
+    assert lm.object_layers(pred, visible).tolist() == [0, 1]
+    assert lm.front_layer_map(pred)[5, 5] == 0 and lm.front_layer_map(pred)[3, 3] == 1
+    assert lm.edge_order_hits(pred, visible, np.array([[0, 1]])).tolist() == [True]
