@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     sets = run.eval_sets()
     started, last_print = time.perf_counter(), time.perf_counter()
-    wait = 0.0
+    wait, window = 0.0, 0
     losses: list[float] = []
     next_eval = (int(counters["samples"]) // int(args.eval_every) + 1) * int(args.eval_every)
     while counters["samples"] < args.samples:
@@ -255,16 +255,16 @@ def main(argv: list[str] | None = None) -> None:
         counters["train_s"] += time.perf_counter() - t0
         counters["step"] += 1
         counters["samples"] += tc.batch_size
+        window += tc.batch_size
         losses.append(float(result.loss))
         if time.perf_counter() - last_print > 60:
             elapsed = time.perf_counter() - last_print
             print(
                 f"[pretrain] {counters['samples']:,} samples, loss {np.mean(losses[-100:]):.4f}, "
-                f"{len(losses[-100:]) and tc.batch_size * min(100, len(losses)) / max(elapsed, 1e-9):.0f} "
-                f"samples/s over the last minute, data wait {wait / elapsed:.0%}",
+                f"{window / elapsed:.1f} samples/s, data wait {wait / elapsed:.0%}",
                 flush=True,
             )
-            last_print, wait = time.perf_counter(), 0.0
+            last_print, wait, window = time.perf_counter(), 0.0, 0
             losses = losses[-100:]
         if counters["samples"] >= next_eval or counters["samples"] >= args.samples:
             next_eval += int(args.eval_every)
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
             (run.out / "curve.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
             save_eval_checkpoint(run, counters, metrics)
             run.state.save(counters, curve)
-            last_print = time.perf_counter()
+            last_print, wait, window = time.perf_counter(), 0.0, 0
     run.state.save(counters, curve)
     run.stream.close()
     print(f"[pretrain] stopped at {counters['samples']:,} of {int(args.samples):,} samples", flush=True)

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 from torch import nn
 
 from sas_model.config import ModelConfig
@@ -136,3 +138,36 @@ def decode_visible_layers(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
         torch.cumprod(yes[:, 1:].long(), dim=1).sum(1) if logits.shape[1] > 1 else torch.zeros_like(fg).long()
     )
     return torch.where(fg, depth, torch.full_like(depth, -1)), p
+
+
+def absorb_small_regions(layer_map: np.ndarray, min_area: int) -> np.ndarray:
+    """``layer_map int[H,W]`` (-1: background) with every 4-connected region of one layer smaller than
+    ``min_area`` px relabelled to the most common layer on its 4-neighbour ring (the background when
+    it touches only background), smallest regions first."""
+    out = np.array(layer_map, dtype=np.int64, copy=True)
+    if min_area <= 1:
+        return out
+    small = []
+    for k in np.unique(out[out >= 0]):
+        labels, count = ndimage.label(out == k)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        small += [(int(sizes[c]), labels == c) for c in range(1, count + 1) if sizes[c] < min_area]
+    for _, region in sorted(small, key=lambda item: item[0]):
+        ring = ndimage.binary_dilation(region) & ~region
+        around = out[ring]
+        around = around[around >= 0]
+        out[region] = np.bincount(around).argmax() if len(around) else -1
+    return out
+
+
+def clean_layer_map(layer_map: np.ndarray, min_area: int, max_layers: int) -> np.ndarray:
+    """A decoded ``V`` (int[H,W], -1: background) ready to cut into layers: speckle absorbed
+    (:func:`absorb_small_regions`), then layers renumbered 0..L-1 in depth order over the layers the
+    map uses (a layer with no visible pixel cannot exist) and capped at ``max_layers - 1``."""
+    v = absorb_small_regions(layer_map, min_area)
+    used = np.unique(v[v >= 0])
+    if len(used) and (used[-1] != len(used) - 1 or len(used) > max_layers):
+        lookup = np.full(int(used[-1]) + 1, -1, dtype=np.int64)
+        lookup[used] = np.minimum(np.arange(len(used)), max_layers - 1)
+        v = np.where(v >= 0, lookup[v.clip(min=0)], -1)
+    return v

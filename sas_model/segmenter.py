@@ -33,16 +33,19 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from sas_model.config import SamplerConfig
+from sas_model.config import ModelConfig, SamplerConfig
+from sas_model.consensus import LayerRecord, ensemble_consensus
 from sas_model.instances import SegmentedObject, extract_objects, occlusion_edges, split_disconnected
+from sas_model.order import clean_layer_map
 from sas_model.precision import autocast, autocast_dtype
 from sas_model.results import LayerPrediction, SegmentationResult
 from sas_model.samplers import make_sampler
+from sas_model.schedules import NoiseSchedule
 
 __all__ = ["LayerPrediction", "SegmentationResult", "SegmentedObject", "SequentialSegmenter", "check_images"]
 
@@ -78,13 +81,34 @@ def _image_seed(base: int, *arrays: np.ndarray) -> int:
     return (base * 1_000_003 + crc) % (2**63 - 1)
 
 
+class LayerModel(Protocol):
+    """What the segmenter needs of a model (``SASModel`` is one; tests use scripted stand-ins).
+
+    ``condition`` gives the clean conditioning channels of a layer step once, ``predict_x0`` the
+    clean-mask estimate ``[B,1,H,W]`` in ``[-s, s]`` once per denoising step. An **order model** also
+    has a non-None ``order`` (its order head) and ``visible_layers(image) -> (V long[B,H,W], p
+    float[B,K+1,H,W])``, and its ``condition`` takes the layer's visible part. A model that is an
+    ``nn.Module`` is moved to the device and put in eval mode."""
+
+    cfg: ModelConfig
+    schedule: NoiseSchedule
+
+    def condition(
+        self, image: torch.Tensor, cumulative_mask: torch.Tensor, visible: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+    def predict_x0(
+        self, cond: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, self_cond: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
+
+
 class SequentialSegmenter:
-    """Numpy-facing segmenter over a ``SASModel`` (or any object with ``cfg``, ``schedule``,
-    ``condition(image, cumulative_mask)`` and ``predict_x0(cond, x_t, t, self_cond)``)."""
+    """Numpy-facing segmenter over a :class:`LayerModel`: sequential diffusion layer by layer, or, for
+    an order model, layers from its visible-layer map completed by diffusion."""
 
     def __init__(
         self,
-        model: Any,
+        model: LayerModel,
         sampler_cfg: SamplerConfig | None = None,
         device: str | torch.device | None = None,
         max_batch: int = 192,
@@ -95,6 +119,7 @@ class SequentialSegmenter:
             model.eval()
         self.model = model
         self.cfg = model.cfg
+        self.by_order = getattr(model, "order", None) is not None  # layers from the order head's map
         self.sampler_cfg = sampler_cfg or self.cfg.sampler
         params = next(model.parameters(), None) if hasattr(model, "parameters") else None
         self.device = (
@@ -186,37 +211,6 @@ class SequentialSegmenter:
         prob = ((x0.float() / s + 1) / 2).clamp(0, 1)
         return prob.reshape(a, members, h, w).cpu().numpy(), passes
 
-    @staticmethod
-    def _consensus(prob: np.ndarray, scfg: SamplerConfig) -> dict[str, np.ndarray]:
-        """One image's ensemble ``float [E,H,W]`` → consensus, uncertainty, agreement, samples, kept.
-
-        Uncertainty is the per-pixel variance of the surviving thresholded members (in [0, 0.25]); with a
-        single member it is ``p(1-p)`` of that member's foreground probability instead.
-        """
-        samples = prob > scfg.threshold
-        kept = samples.mean(axis=(1, 2)) >= scfg.min_foreground
-        survivors = samples[kept].astype(np.float32)
-        shape = prob.shape[1:]
-        if len(survivors) == 0:
-            mask, uncertainty = np.zeros(shape, bool), np.zeros(shape, np.float32)
-        else:
-            mean = survivors.mean(0)
-            if scfg.consensus == "medoid":
-                mask = survivors[np.abs(survivors - mean).sum(axis=(1, 2)).argmin()] > 0.5
-            else:
-                mask = mean > 0.5
-            uncertainty = survivors.var(0).astype(np.float32)
-            if len(prob) == 1:  # a single member (deterministic mode): Bernoulli variance of its soft output
-                uncertainty = (prob[0] * (1 - prob[0])).astype(np.float32)
-        agreement = (survivors.sum(0) / len(samples)).astype(np.float32) if len(survivors) else uncertainty
-        return {
-            "mask": mask,
-            "uncertainty": uncertainty,
-            "agreement": agreement,
-            "samples": samples,
-            "kept": kept,
-        }
-
     # ---- public API --------------------------------------------------------------------------
     def predict_layer(
         self,
@@ -240,20 +234,19 @@ class SequentialSegmenter:
                 f"cumulative_masks shape {cumulative.shape} does not match images {images.shape[:3]}"
             )
         generators = self._generators(seed, images, cumulative)
-        if getattr(self.model, "order", None) is not None:
+        if self.by_order:
             k = np.asarray(layer_index if layer_index is not None else np.zeros(len(images)), dtype=np.int64)
             return self._predict_layer_by_order(images, cumulative, k.reshape(-1), generators, scfg)
         prob, passes = self._sample_layer(images, cumulative, generators, scfg)
-        parts = [self._consensus(p, scfg) for p in prob]
-        stack = {key: np.stack([p[key] for p in parts]) for key in parts[0]}
-        empty = stack["mask"].mean(axis=(1, 2)) < scfg.min_foreground
-        stack["mask"][empty] = False
+        parts = [ensemble_consensus(p, scfg) for p in prob]
+        mask = np.stack([p.mask for p in parts])
+        mask[mask.mean(axis=(1, 2)) < scfg.min_foreground] = False
         return LayerPrediction(
-            layer_mask=stack["mask"],
-            probability=stack["agreement"],
-            uncertainty=stack["uncertainty"],
-            samples=stack["samples"],
-            kept=stack["kept"],
+            layer_mask=mask,
+            probability=np.stack([p.agreement for p in parts]),
+            uncertainty=np.stack([p.uncertainty for p in parts]),
+            samples=np.stack([p.samples for p in parts]),
+            kept=np.stack([p.kept for p in parts]),
             unet_passes=passes,
             soft=prob.mean(axis=1).astype(np.float32),
         )
@@ -266,10 +259,10 @@ class SequentialSegmenter:
         images = check_images(images, self.cfg.image_size, self.cfg.downsample_factor)
         n, shape = len(images), images.shape[1:3]
         generators = self._generators(seed, images)
-        if getattr(self.model, "order", None) is not None:
+        if self.by_order:
             return self._segment_by_order(images, generators, scfg)
         cumulative = np.zeros((n, *shape), dtype=bool)
-        layers: list[list[dict[str, np.ndarray]]] = [[] for _ in range(n)]
+        layers: list[list[LayerRecord]] = [[] for _ in range(n)]
         passes, stop = [0] * n, [""] * n
         active = list(range(n))
         for _ in range(scfg.max_layers):
@@ -279,10 +272,10 @@ class SequentialSegmenter:
             still_active = []
             for row, i in enumerate(active):
                 passes[i] += step_passes
-                consensus = self._consensus(prob[row], scfg)
+                consensus = ensemble_consensus(prob[row], scfg)
                 stop[i] = self._add_layer(layers[i], consensus, scfg)
                 if not stop[i]:
-                    cumulative[i] |= consensus["mask"]  # C_{k+1} = C_k ∪ M_k, merged parts included
+                    cumulative[i] |= consensus.mask  # C_{k+1} = C_k ∪ M_k, merged parts included
                     still_active.append(i)
             active = still_active
             if not active:
@@ -293,12 +286,14 @@ class SequentialSegmenter:
 
     # ---- order-map models -----------------------------------------------------------------------
     @torch.no_grad()
-    def order_maps(self, images: np.ndarray, max_layers: int) -> tuple[np.ndarray, np.ndarray]:
-        """The order head's map, layers renumbered: ``(V int64[N,H,W], confidence float32[N,H,W])``.
+    def order_maps(
+        self, images: np.ndarray, max_layers: int, min_region_area: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The order head's map, cleaned: ``(V int64[N,H,W], confidence float32[N,H,W])``.
 
-        ``V`` is -1 on the background, else the pixel's layer, renumbered 0..L-1 in depth order over
-        the layers the map uses (a layer with no visible pixel cannot exist) and capped at
-        ``max_layers - 1``; ``confidence`` is the head's probability of the pixel's decoded class."""
+        ``V`` is -1 on the background, else the pixel's layer (:func:`sas_model.order.clean_layer_map`:
+        speckle absorbed, layers renumbered 0..L-1, at most ``max_layers``); ``confidence`` is the
+        head's probability of the pixel's decoded class."""
         dev = self.device
         amp_dtype = autocast_dtype(dev, self.sampler_cfg.precision, "sampler.precision")
         layers, confidence = [], []
@@ -312,11 +307,7 @@ class SequentialSegmenter:
             confidence.append(chosen.cpu().numpy().astype(np.float32))
         v = np.concatenate(layers)
         for i in range(len(v)):
-            used = np.unique(v[i][v[i] >= 0])
-            if len(used) and (used[-1] != len(used) - 1 or len(used) > max_layers):
-                lookup = np.full(int(used[-1]) + 1, -1, dtype=np.int64)
-                lookup[used] = np.minimum(np.arange(len(used)), max_layers - 1)
-                v[i] = np.where(v[i] >= 0, lookup[v[i].clip(min=0)], -1)
+            v[i] = clean_layer_map(v[i], min_region_area, max_layers)
         return v, np.concatenate(confidence)
 
     def _complete(
@@ -326,27 +317,30 @@ class SequentialSegmenter:
         visible: np.ndarray,
         generators: list[torch.Generator],
         scfg: SamplerConfig,
-    ) -> tuple[list[dict[str, np.ndarray]], int]:
-        """Hidden parts of layers (one row each): the ensemble's consensus inside ``cumulative`` joined
-        to ``visible``; near-empty members are kept (a hidden part may be a few pixels)."""
+    ) -> tuple[list[LayerRecord], int]:
+        """Layers completed from their visible part (one row each): the ensemble's consensus inside
+        ``cumulative`` joined to ``visible``; near-empty members are kept (a hidden part may be a few
+        pixels)."""
         if not len(images):
             return [], 0
         prob, passes = self._sample_layer(images, cumulative, generators, scfg, visible)
         keep_all = dataclasses.replace(scfg, min_foreground=0.0)
         parts = []
         for row, p in enumerate(prob):
-            part = self._consensus(p, keep_all)
+            part = ensemble_consensus(p, keep_all)
             inside = cumulative[row]
-            part["mask"] = visible[row] | (part["mask"] & inside)
-            part["samples"] = visible[row] | (part["samples"] & inside)
-            parts.append(part)
+            parts.append(
+                part.replace(
+                    mask=visible[row] | (part.mask & inside), samples=visible[row] | (part.samples & inside)
+                )
+            )
         return parts, passes
 
     def _segment_by_order(
         self, images: np.ndarray, generators: list[torch.Generator], scfg: SamplerConfig
     ) -> list[SegmentationResult]:
-        v, confidence = self.order_maps(images, scfg.max_layers)
-        order_unc = (confidence * (1 - confidence)).astype(np.float32)
+        v, confidence = self.order_maps(images, scfg.max_layers, scfg.min_region_area)
+        uncertainty = (confidence * (1 - confidence)).astype(np.float32)
         counts = [int(v[i].max()) + 1 for i in range(len(v))]
         rows = [(i, k) for i in range(len(v)) for k in range(1, counts[i])]
         hidden, passes = self._complete(
@@ -364,22 +358,19 @@ class SequentialSegmenter:
             layers = []
             for k in range(counts[i]):
                 visible = v[i] == k
+                order_unc = np.where(visible, uncertainty[i], 0).astype(np.float32)
+                order_agree = np.where(visible, confidence[i], 0).astype(np.float32)
                 if k == 0:
-                    part = {
-                        "mask": visible,
-                        "uncertainty": np.where(visible, order_unc[i], 0).astype(np.float32),
-                        "agreement": np.where(visible, confidence[i], 0).astype(np.float32),
-                    }
-                else:
-                    part = dict(completed[(i, k)])
-                    inside = (v[i] >= 0) & (v[i] < k)
-                    part["uncertainty"] = np.where(
-                        inside, part["uncertainty"], np.where(visible, order_unc[i], 0)
+                    members = np.repeat(visible[None], 1, axis=0)
+                    layers.append(LayerRecord(visible, order_unc, order_agree, members, np.ones(1, bool)))
+                    continue
+                part, inside = completed[(i, k)], (v[i] >= 0) & (v[i] < k)
+                layers.append(
+                    part.replace(
+                        uncertainty=np.where(inside, part.uncertainty, order_unc),
+                        agreement=np.where(inside, part.agreement, order_agree),
                     )
-                    part["agreement"] = np.where(
-                        inside, part["agreement"], np.where(visible, confidence[i], 0)
-                    )
-                layers.append(part)
+                )
             layer_passes = 1 + passes * (counts[i] - 1)  # one order pass, then each completed layer
             results.append(self._result(layers, layer_passes, "order_map", v.shape[1:], scfg))
         return results
@@ -392,7 +383,7 @@ class SequentialSegmenter:
         generators: list[torch.Generator],
         scfg: SamplerConfig,
     ) -> LayerPrediction:
-        v, confidence = self.order_maps(images, scfg.max_layers)
+        v, confidence = self.order_maps(images, scfg.max_layers, scfg.min_region_area)
         visible = (v == layer_index[:, None, None]) & ~cumulative
         mask = visible.copy()
         uncertainty = np.where(visible, confidence * (1 - confidence), 0).astype(np.float32)
@@ -406,11 +397,11 @@ class SequentialSegmenter:
         )
         for i, part in zip(rows, parts, strict=True):
             inside = cumulative[i]
-            mask[i] = part["mask"]
-            uncertainty[i] = np.where(inside, part["uncertainty"], uncertainty[i])
-            probability[i] = np.where(inside, part["agreement"], probability[i])
-            soft[i] = np.where(inside, part["agreement"], soft[i])
-            samples[i] = part["samples"]
+            mask[i] = part.mask
+            uncertainty[i] = np.where(inside, part.uncertainty, uncertainty[i])
+            probability[i] = np.where(inside, part.agreement, probability[i])
+            soft[i] = np.where(inside, part.agreement, soft[i])
+            samples[i] = part.samples
         return LayerPrediction(
             layer_mask=mask,
             probability=probability,
@@ -422,30 +413,34 @@ class SequentialSegmenter:
         )
 
     @staticmethod
-    def _add_layer(
-        layers: list[dict[str, np.ndarray]], layer: dict[str, np.ndarray], scfg: SamplerConfig
-    ) -> str:
+    def _add_layer(layers: list[LayerRecord], layer: LayerRecord, scfg: SamplerConfig) -> str:
         """Append (or merge) one consensus layer; returns a stop reason or ``""`` to continue."""
-        if not layer["kept"].any():
+        if not layer.kept.any():
             return "no_sample"
-        if layer["mask"].mean() < scfg.min_foreground:
+        if layer.mask.mean() < scfg.min_foreground:
             return "empty"
         if scfg.merge_disconnected and layers:
             previous = layers[-1]
-            stays, moves = split_disconnected(layer["mask"], previous["mask"])
+            stays, moves = split_disconnected(layer.mask, previous.mask)
             if moves.any():
-                previous["mask"] = previous["mask"] | moves
-                for key in ("uncertainty", "agreement"):
-                    previous[key] = np.where(moves, np.maximum(previous[key], layer[key]), previous[key])
+                layers[-1] = previous.replace(
+                    mask=previous.mask | moves,
+                    uncertainty=np.where(
+                        moves, np.maximum(previous.uncertainty, layer.uncertainty), previous.uncertainty
+                    ),
+                    agreement=np.where(
+                        moves, np.maximum(previous.agreement, layer.agreement), previous.agreement
+                    ),
+                )
                 if not stays.any():  # everything belonged to the previous layer; C_k still grows
                     return ""
-                layer = {**layer, "mask": stays}
+                layer = layer.replace(mask=stays)
         layers.append(layer)
         return ""
 
     @staticmethod
     def _result(
-        layers: list[dict[str, np.ndarray]],
+        layers: list[LayerRecord],
         passes: int,
         stop: str,
         shape: tuple[int, int],
@@ -453,7 +448,7 @@ class SequentialSegmenter:
     ) -> SegmentationResult:
         def stack(key: str, dtype: Any) -> np.ndarray:
             return (
-                np.stack([layer[key] for layer in layers]).astype(dtype)
+                np.stack([getattr(layer, key) for layer in layers]).astype(dtype)
                 if layers
                 else np.zeros((0, *shape), dtype)
             )
