@@ -13,7 +13,8 @@ the optimiser step of ``pipelines/train.py``; the LR follows a cosine over ``--s
 with the metrics of ``evaluate.py`` (layer 0 against the trivial answer, pair order over every edge and
 the decidable ones, object-layer accuracy, layer count, AP50), one JSON line each in
 ``<out>/curve.jsonl``; then ``<out>/checkpoint`` (an ordinary checkpoint directory) and the resumable
-state ``<out>/state.pt`` are rewritten. Rerun the same command to go on; ``--minutes`` bounds one
+state ``<out>/state.pt`` are rewritten (the state also every ``--save-every`` minutes). Rerun the
+same command to go on; ``--minutes`` bounds one
 invocation, ``--samples`` the run. ``--ship DIR`` writes the last evaluated checkpoint with its model
 card (``MODEL_CARD.md``, from the run's own numbers) to ``DIR``, at most 20 MB.
 
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--warmup", type=int, default=200, help="warm-up steps")
     ap.add_argument("--eval-every", type=float, default=1e5, help="samples between evaluations")
     ap.add_argument("--eval-scenes", type=int, default=200, help="test scenes per evaluation set")
+    ap.add_argument(
+        "--save-every", type=float, default=10.0, help="minutes between saves of the resumable state"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--render-workers", type=int, default=0, help="processes rendering training scenes")
     ap.add_argument("--device", default="cpu")
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     sets = run.eval_sets()
-    started, last_print = time.perf_counter(), time.perf_counter()
+    started = last_print = last_save = time.perf_counter()
     wait, window = 0.0, 0
     losses: list[float] = []
     next_eval = (int(counters["samples"]) // int(args.eval_every) + 1) * int(args.eval_every)
@@ -266,6 +270,9 @@ def main(argv: list[str] | None = None) -> None:
             )
             last_print, wait, window = time.perf_counter(), 0.0, 0
             losses = losses[-100:]
+        if time.perf_counter() - last_save > args.save_every * 60:
+            run.state.save(counters, curve)
+            last_save = time.perf_counter()
         if counters["samples"] >= next_eval or counters["samples"] >= args.samples:
             next_eval += int(args.eval_every)
             t1 = time.perf_counter()
