@@ -42,7 +42,7 @@ def test_a_failing_stage_exits_with_its_code_and_one_line(capsys: pytest.Capture
 def test_defaults_match_the_readme() -> None:
     args = main_job.parse_args([])
     assert (args.preset, args.scenes, args.family) == ("tiny", 20_000, main_job.DEFAULT_FAMILY)
-    assert (args.steps, args.minutes, args.data) == (main_job.DEFAULT_STEPS, main_job.DEFAULT_MINUTES, None)
+    assert (args.steps, args.minutes, args.data) == (None, main_job.DEFAULT_MINUTES, None)
     assert args.init == "pretrained"  # the main job fine-tunes the shipped model
 
 
