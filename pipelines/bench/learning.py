@@ -18,6 +18,7 @@ issue (2 flat objects, layer 0 only, the deterministic head; a few CPU minutes):
     python pipelines/bench/learning.py --minimal --steps 2000 --eval-steps 500
     python pipelines/bench/learning.py --preset tiny --family flat --steps 3000 --out runs/curve.jsonl
     python pipelines/bench/learning.py --preset small --device cuda --batch 256 --minutes 8 --save ckpt
+    python pipelines/bench/learning.py --family flat --score ckpt/checkpoint   # score a checkpoint only
 
 With ``--save DIR`` the run writes a resumable state there after each evaluation (model, EMA,
 optimiser, step, curve) and a rerun of the same command continues from it.
@@ -40,7 +41,7 @@ from pipelines.training.local import LocalState, ema_model
 from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
 from pipelines.training.scenes import SampleStream, val_scenes
 from pipelines.training.validate import free_running_summary
-from sas_model.checkpoint import save_checkpoint
+from sas_model.checkpoint import load_model, save_checkpoint
 from sas_model.config import ModelConfig
 from sas_model.metrics import mask_iou, mean_by_layer, trivial_layer_ious
 from sas_model.model import SASModel
@@ -147,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON-lines file for the curve")
     ap.add_argument("--save", default=None, help="resumable state and the final EMA checkpoint go here")
+    ap.add_argument(
+        "--score",
+        default=None,
+        metavar="CHECKPOINT",
+        help="train nothing: score this checkpoint on the val scenes (the full evaluation), print it",
+    )
     return ap
 
 
@@ -176,6 +183,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     cfg, render = probe_config(args)
+    if args.score:  # the same val scenes and evaluation as a training run of these flags
+        model = load_model(args.score, device=device)
+        if args.set:
+            model.cfg = model.cfg.replace(**dict(parse_override(item) for item in args.set))
+        scores = evaluate(
+            model, val_scenes(args.seed, render, args.val_scenes), layers=tuple(args.layers or ()) or None
+        )
+        print(
+            json.dumps({"checkpoint": args.score, **{k: round(v, 4) for k, v in scores.items()}}), flush=True
+        )
+        return
     layers = tuple(args.layers) if args.layers is not None else None
     model = SASModel(cfg).to(device)
     tc = cfg.train
