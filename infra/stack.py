@@ -157,10 +157,38 @@ def service_env(state_dir: Path, state: dict) -> dict[str, str]:
     env.update(QUIET_ENV)
     env.update(client_env(state_dir, state))
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env[MARKER_ENV] = str(Path(state_dir).resolve())  # inherited by everything a service starts
     return env
 
 
 # ---------------------------------------------------------------- processes
+
+
+# Every service gets this variable (its value: the state dir); the processes it starts inherit it even
+# when they leave its session (Ray's workers and daemons do), so ``down`` finds them all.
+MARKER_ENV = "SAS_STACK_STATE_DIR"
+
+
+def marked_processes(state_dir: Path) -> list[int]:
+    """PIDs of live processes whose environment carries this stack's marker (``MARKER_ENV``)."""
+    needle = f"{MARKER_ENV}={Path(state_dir).resolve()}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if needle in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def _kill(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
 
 
 def _session_members(sid: int) -> list[int]:
@@ -574,6 +602,14 @@ def cmd_down(state_dir: Path, purge: bool) -> int:
         count = _stop(record)
         if record is not None:
             print(f"[stack] {name}: {'stopped' if count else 'was not running'}", flush=True)
+    stragglers = marked_processes(state_dir)  # started by a service, outside its session (Ray workers)
+    if stragglers:
+        _kill(stragglers, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and marked_processes(state_dir):
+            time.sleep(0.2)
+        _kill(marked_processes(state_dir), signal.SIGKILL)
+        print(f"[stack] {len(stragglers)} more processes of the stack stopped", flush=True)
     if state:
         state["services"] = {}
         save_state(state_dir, state)

@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker placement: pack onto few nodes (default) or spread one per node where possible",
     )
     p.add_argument("--keep", type=parse_number, default=3, help="checkpoints kept (newest)")
+    p.add_argument(
+        "--collective-timeout",
+        type=parse_number,
+        default=RunConfig.collective_timeout_s,
+        help="seconds a gloo/NCCL operation waits for a lost peer before it fails (default %(default)s; "
+        "torch's own: 1800)",
+    )
+    p.add_argument(
+        "--health-check-timeout",
+        type=parse_positive_float,
+        default=RunConfig.health_check_timeout_s,
+        help="seconds a hung worker health check takes to declare the worker dead (default %(default)s; "
+        "Ray's own: 600)",
+    )
     p.add_argument("--ckpt-every", type=parse_number, help="steps between checkpoints")
     p.add_argument(
         "--val-every",
@@ -182,6 +196,8 @@ def build_run_config(args: argparse.Namespace, data_path: str, storage: str) -> 
             max_failures=int(args.max_failures),
             gpu=args.gpu,
             init=args.init,
+            collective_timeout_s=int(args.collective_timeout),
+            health_check_timeout_s=float(args.health_check_timeout),
             fail_once_at_step=args.fail_once_at_step,
             inject_nan_from_step=args.inject_nan_from_step,
         ).validate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
 
 import pytest
@@ -23,7 +24,14 @@ for _key, _value in _ENV_DEFAULTS.items():
 os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="sas-ray-"))
 
 
+def _interrupt_on_sigterm(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def pytest_configure(config):
+    # SIGTERM (a CI timeout, a user's kill) ends the session like Ctrl-C: pytest then tears down every
+    # fixture, so the servers, clusters and network namespaces the tests started are removed too.
+    signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
     config.addinivalue_line("markers", "slow: long end-to-end test (Ray/MLflow services); still runs in CI")
     config.addinivalue_line(
         "markers",

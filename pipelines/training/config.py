@@ -59,9 +59,12 @@ class RunConfig:
     placement: str = "pack"
     max_failures: int = 2
     gpu: str = "auto"
-    init: str = (
-        "scratch"  # a new run starts from: scratch, pretrained (the shipped model) or a checkpoint dir
-    )
+    init: str = "scratch"  # a new run starts from: scratch, pretrained (the shipped model) or a checkpoint
+    # Bounded recovery from a lost node: a torch.distributed op (gloo/NCCL) waiting on a dead peer
+    # fails after collective_timeout_s (torch's default is 30 min), and Ray Train declares a worker
+    # dead when its health check hangs for health_check_timeout_s (Ray's default 10 min).
+    collective_timeout_s: int = 300
+    health_check_timeout_s: float = 120.0
     prefetch_batches: int = 2
     # set at launch
     shuffle_buffer: int | None = None
@@ -104,6 +107,9 @@ class RunConfig:
         for name in ("val_every", "val_scenes", "val_free_scenes", "max_failures"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        for name in ("collective_timeout_s", "health_check_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be positive")
         for name in ("ckpt_every", "log_every", "keep", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")

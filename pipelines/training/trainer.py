@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pipelines.training.config import RunConfig
+
+# Ray Train's controller declares a worker dead when its health check hangs this long (seconds).
+HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
 
 
 def cpus_per_worker(total_cpus: float, workers: int, use_gpu: bool) -> float:
@@ -38,10 +42,12 @@ def fit(
     from pipelines.training.worker import train_loop_per_worker
 
     storage_path, storage_filesystem = _storage(run.storage)
+    # Ray Train hands this variable from the driver to its controller; a value the user exported wins.
+    os.environ.setdefault(HEALTH_CHECK_TIMEOUT_ENV, str(run.health_check_timeout_s))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=run.to_dict(),
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo", timeout_s=run.collective_timeout_s),
         scaling_config=ray.train.ScalingConfig(
             num_workers=run.workers,
             use_gpu=use_gpu,
