@@ -235,3 +235,18 @@ def test_bad_step_policy_aborts_after_max_in_a_row_and_meter_skips_the_start_up_
     meter.step(1.0, 32)
     meter.close(lr=0.1, grad_norm=1.0, epoch=0)
     assert meter.steady()["steady_samples_per_s"] > 0  # only windows after the first count
+
+
+def test_the_step_plan_logs_validates_checkpoints_and_stops_on_schedule():
+    from pipelines.training.worker import plan_step
+
+    plans = {s: plan_step(s, 10, log_every=2, val_every=4, ckpt_every=5) for s in range(1, 11)}
+    assert [s for s, p in plans.items() if p.log] == [2, 4, 6, 8, 10]
+    assert [s for s, p in plans.items() if p.validate] == [4, 8, 10]  # and at the end
+    assert [s for s, p in plans.items() if p.checkpoint] == [5, 10]
+    assert [s for s, p in plans.items() if p.report] == [4, 5, 8, 10]  # the same steps on every rank
+    assert [s for s, p in plans.items() if p.stop] == [10]
+    early = plan_step(3, 10, log_every=2, val_every=0, ckpt_every=5, out_of_time=True)
+    assert early.stop and early.checkpoint and early.log and not early.validate  # validation off
+    notice = plan_step(3, 10, log_every=2, val_every=4, ckpt_every=5, preempted=True)
+    assert notice.checkpoint and notice.report and not notice.stop

@@ -29,8 +29,9 @@ def apply_env_defaults() -> None:
     """Set the quiet/no-telemetry environment defaults without overriding user settings."""
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    if not interactive():  # Ray Data's own bars only on a terminal, never in logs or under CI=true
+    if not interactive():  # third-party bars (Ray Data, MLflow downloads) only on a terminal
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def pretrained_path(flag: str | None = None) -> Path:

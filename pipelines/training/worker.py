@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
@@ -277,17 +278,65 @@ def _fail_once_hook(run: RunConfig, step: int, rank: int) -> None:
         raise RuntimeError(f"injected failure at step {step} (test hook)")
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train entry: ``config`` is a ``RunConfig.to_dict()`` (``pipelines.training.config``).
+@dataclass(frozen=True)
+class StepPlan:
+    """What a finished optimiser step triggers. Every rank computes the same plan (the inputs are
+    the same on every rank), because reporting to Ray Train is a barrier."""
 
-    Returns (rank 0's value reaches the driver as ``Result.return_value``) the final step, an
-    ``abort_reason`` (NaN/inf loss: the driver prints it as a one-line error; no retry, since
-    retrying a diverged run from the same checkpoint would diverge again), ``already_complete``
-    (a rerun of a finished run) and the steady-state throughput.
-    """
+    log: bool  # a progress line (rank 0)
+    validate: bool  # a validation is due (rank 0 runs it)
+    checkpoint: bool
+    stop: bool  # the step budget or the wall-clock budget is spent
+
+    @property
+    def report(self) -> bool:
+        """Whether this step reports to Ray Train (with a checkpoint or not)."""
+        return self.checkpoint or self.validate or self.stop
+
+
+def plan_step(
+    step: int,
+    total_steps: int,
+    log_every: int,
+    val_every: int,
+    ckpt_every: int,
+    out_of_time: bool = False,
+    preempted: bool = False,
+) -> StepPlan:
+    """The plan after optimiser step ``step`` (1-based) of ``total_steps``: log every ``log_every``,
+    validate every ``val_every`` (0: never), checkpoint every ``ckpt_every`` and when a preemption
+    notice just arrived; the last step (or the one that runs out of time) does all three."""
+    stop = step >= total_steps or out_of_time
+    return StepPlan(
+        log=step % log_every == 0 or stop,
+        validate=bool(val_every) and (step % val_every == 0 or stop),
+        checkpoint=step % ckpt_every == 0 or stop or preempted,
+        stop=stop,
+    )
+
+
+@dataclass
+class Worker:
+    """One rank's training set-up (``set_up``): the run, its model, optimiser and where it stands."""
+
+    run: RunConfig
+    rank: int
+    device: torch.device
+    model: torch.nn.Module
+    ema: EMA
+    optimizer: Any
+    state: TrainerState
+    train_step: TrainStep
+    logger: RankZeroLogger
+    validator: Any  # rank 0 with validation on: pipelines.training.validate.Validator
+    augment_rng: torch.Generator
+
+
+def set_up(config: dict[str, Any]) -> Worker:
+    """Build this rank's model, EMA and optimiser; restore the newest readable checkpoint (or start from
+    ``run.init``); wrap the model for DDP; make the logger and, on rank 0, the validator."""
     from sas_model.model import SASModel
 
-    quiet_ray_train_reports()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -296,7 +345,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(run.torch_threads)
     cfg, tc = run.model, run.model.train
     torch.manual_seed(run.seed + 1000 * rank)
-    aug_generator = torch.Generator().manual_seed(run.seed + 17 + 1000 * rank)
+    augment_rng = torch.Generator().manual_seed(run.seed + 17 + 1000 * rank)
 
     model = SASModel(cfg).to(device)
     ema = EMA(model, tc.ema_decay)
@@ -322,16 +371,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     )
     if rank == 0:
         say(f"[train] precision: {train_step.precision_label()} (train.precision={tc.precision})")
-
-    total_steps, deadline = run.steps, run.deadline_unix
-    logger = RankZeroLogger(run.mlflow_uri, run.mlflow_run_id, enabled=rank == 0)
     validator = None
     if rank == 0 and run.val_every:
-        from pipelines.training.validate import Validator, val_line
+        from pipelines.training.validate import Validator  # rank 0 only: it loads the val scenes
 
         validator = Validator(run, device)
-    stream = _batches(ray.train.get_dataset_shard("train"), state, run.per_worker_batch, run, device)
-    loop_start = now = _rank0_clock(device) if deadline is not None else time.time()
+    logger = RankZeroLogger(run.mlflow_uri, run.mlflow_run_id, enabled=rank == 0)
+    return Worker(
+        run,
+        rank,
+        device,
+        model,
+        ema,
+        optimizer,
+        state,
+        train_step,
+        logger,
+        validator,
+        augment_rng,
+        bool(checkpoint),
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train entry: ``config`` is a ``RunConfig.to_dict()`` (``pipelines.training.config``).
+
+    Returns (rank 0's value reaches the driver as ``Result.return_value``) the final step, an
+    ``abort_reason`` (NaN/inf loss: the driver prints it as a one-line error; no retry, since
+    retrying a diverged run from the same checkpoint would diverge again), ``already_complete``
+    (a rerun of a finished run) and the steady-state throughput.
+    """
+    quiet_ray_train_reports()
+    w = set_up(config)
+    run, state, tc, rank = w.run, w.state, w.run.model.train, w.rank
+    total_steps, deadline = run.steps, run.deadline_unix
+    stream = _batches(ray.train.get_dataset_shard("train"), state, run.per_worker_batch, run, w.device)
+    loop_start = now = _rank0_clock(w.device) if deadline is not None else time.time()
     meter = ThroughputMeter()
     bad_steps = BadSteps(run.max_bad_steps)
     abort_reason = ""
@@ -346,11 +421,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             state.epoch, state.batches_in_epoch = epoch, 0
         state.batches_in_epoch += 1
 
-        batch = augment_batch(batch, tc.hflip_p, tc.cmask_noise_p, aug_generator)
-        lr_step = schedule_step(state.step, total_steps, loop_start, deadline, now)
-        lr = lr_at(lr_step, tc.lr, tc.warmup_steps, total_steps)
+        batch = augment_batch(batch, tc.hflip_p, tc.cmask_noise_p, w.augment_rng)
+        lr = lr_at(
+            schedule_step(state.step, total_steps, loop_start, deadline, now),
+            tc.lr,
+            tc.warmup_steps,
+            total_steps,
+        )
         nan_from = run.inject_nan_from_step
-        result = train_step(batch, lr, poison=nan_from is not None and state.step >= nan_from)
+        result = w.train_step(batch, lr, poison=nan_from is not None and state.step >= nan_from)
         if not result.finite:
             state.skipped_steps += 1
             abort_reason = bad_steps.skipped(state.step, rank)
@@ -366,36 +445,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
         out_of_time = False
         if deadline is not None:  # one broadcast per step, and only with a wall-clock budget
-            now = _rank0_clock(device)
+            now = _rank0_clock(w.device)
             out_of_time = now >= deadline
-        last = step >= total_steps or out_of_time
         just_preempted = not preempting and preemption_notice(rank, step)
         preempting = preempting or just_preempted
-        if step % run.log_every == 0 or last:
-            logger.progress(step, total_steps, meter.close(lr, float(result.grad_norm), state.epoch))
-        do_val = validator is not None and (step % run.val_every == 0 or last)
-        do_ckpt = step % run.ckpt_every == 0 or last or just_preempted
-        if not (do_ckpt or (run.val_every and step % run.val_every == 0) or last):
-            continue
-        metrics: dict[str, Any] = {
-            "step": step,
-            "epoch": state.epoch,
-            "samples_seen": state.samples_seen,
-            "skipped_steps": state.skipped_steps,
-            **logger.last_train_metrics,
-        }
-        if do_val:
-            metrics.update(validator.run(model, ema, step, logger))
-            say(val_line(step, metrics))
-        _report(metrics, (model, ema, optimizer, state) if rank == 0 and do_ckpt else None)
-        logger.metrics(step, metrics)
-        if last:
+        plan = plan_step(
+            step, total_steps, run.log_every, run.val_every, run.ckpt_every, out_of_time, just_preempted
+        )
+        if plan.log:
+            w.logger.progress(step, total_steps, meter.close(lr, float(result.grad_norm), state.epoch))
+        if plan.report:
+            _report_step(w, step, plan)
+        if plan.stop:
             break
 
-    logger.close()
+    w.logger.close()
     return {
         "step": state.step,
         "abort_reason": abort_reason,
         "already_complete": already_complete,
         **meter.steady(),
     }
+
+
+def _report_step(w: Worker, step: int, plan: StepPlan) -> None:
+    """Validate (rank 0, when due), then report to Ray Train (with a checkpoint when planned) and
+    log the step's metrics to MLflow."""
+    state = w.state
+    metrics: dict[str, Any] = {
+        "step": step,
+        "epoch": state.epoch,
+        "samples_seen": state.samples_seen,
+        "skipped_steps": state.skipped_steps,
+        **w.logger.last_train_metrics,
+    }
+    if plan.validate and w.validator is not None:
+        from pipelines.training.validate import val_line
+
+        metrics.update(w.validator.run(w.model, w.ema, step, w.logger))
+        say(val_line(step, metrics))
+    to_save = (w.model, w.ema, w.optimizer, state) if w.rank == 0 and plan.checkpoint else None
+    _report(metrics, to_save)
+    w.logger.metrics(step, metrics)
