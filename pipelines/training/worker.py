@@ -378,18 +378,17 @@ def set_up(config: dict[str, Any]) -> Worker:
         validator = Validator(run, device)
     logger = RankZeroLogger(run.mlflow_uri, run.mlflow_run_id, enabled=rank == 0)
     return Worker(
-        run,
-        rank,
-        device,
-        model,
-        ema,
-        optimizer,
-        state,
-        train_step,
-        logger,
-        validator,
-        augment_rng,
-        bool(checkpoint),
+        run=run,
+        rank=rank,
+        device=device,
+        model=model,
+        ema=ema,
+        optimizer=optimizer,
+        state=state,
+        train_step=train_step,
+        logger=logger,
+        validator=validator,
+        augment_rng=augment_rng,
     )
 
 
