@@ -3,7 +3,7 @@
     python pipelines/pretrain.py --out runs/pretrain --samples 1e6            # CPU, resumable
     python pipelines/pretrain.py --out runs/pretrain --minutes 60              # one hour more of it
     python pipelines/pretrain.py --out runs/pretrain --device cuda --batch 256 --render-workers 12
-    python pipelines/pretrain.py --out runs/pretrain --ship models/pretrained # write the shipped model
+    python pipelines/pretrain.py --out runs/pretrain --no-train --ship models/pretrained   # ship it now
 
 Trains a preset (default ``tiny``) on a mixture of scene families (``--mix``) with one shape kind held
 out (``--hold-out``), every scene fresh (rendered by ``--render-workers`` processes, or inline), with
@@ -40,12 +40,12 @@ import torch
 
 from pipelines.cli.args import parse_override
 from pipelines.training.augment import perturb_cumulative_mask
-from pipelines.training.card import write_model_card
+from pipelines.training.card import example_sheet, write_model_card
 from pipelines.training.local import LocalState, ema_model
 from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
 from pipelines.training.scenes import SampleStream, SceneMix, val_scenes
 from pipelines.training.validate import free_running_summary
-from sas_model.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, save_checkpoint
+from sas_model.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, load_segmenter, save_checkpoint
 from sas_model.config import ModelConfig
 from sas_model.model import SASModel
 from sas_model.segmenter import SequentialSegmenter
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ship", default=None, help="write the last evaluated model and its card here")
+    ap.add_argument("--no-train", action="store_true", help="train nothing (with --ship: ship what there is)")
     return ap
 
 
@@ -190,13 +191,17 @@ def save_eval_checkpoint(run: Run, counters: dict[str, Any], metrics: dict[str, 
     return target
 
 
-def ship(checkpoint: Path, destination: Path, curve: list[dict[str, Any]], command: str) -> None:
-    """Copy the checkpoint's files to ``destination`` with ``MODEL_CARD.md`` and ``curve.jsonl``."""
+def ship(
+    checkpoint: Path, destination: Path, curve: list[dict[str, Any]], command: str, examples: list
+) -> None:
+    """Copy the checkpoint's files to ``destination`` with ``MODEL_CARD.md``, ``curve.jsonl`` and
+    ``examples.png`` (what the model does on ``examples``, fresh test scenes)."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, MODEL_FILE, META_FILE):
         shutil.copyfile(checkpoint / name, destination / name)
     (destination / "curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
     write_model_card(destination, json.loads((checkpoint / META_FILE).read_text()), curve, command)
+    example_sheet(load_segmenter(destination), examples, destination / "examples.png")
     size = sum(f.stat().st_size for f in destination.iterdir() if f.is_file())
     if size > SHIP_LIMIT_BYTES:
         raise SystemExit(f"error: the shipped model takes {size / 2**20:.1f} MB, over the 20 MB limit")
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     wait, window = 0.0, 0
     losses: list[float] = []
     next_eval = (int(counters["samples"]) // int(args.eval_every) + 1) * int(args.eval_every)
-    while counters["samples"] < args.samples:
+    while counters["samples"] < args.samples and not args.no_train:
         if args.minutes and time.perf_counter() - started > args.minutes * 60:
             break
         t0 = time.perf_counter()
@@ -298,7 +303,9 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint = run.out / "checkpoint"
         if not checkpoint.exists():
             raise SystemExit("error: no evaluated checkpoint yet; train past the first --eval-every first")
-        ship(checkpoint, Path(args.ship), curve, " ".join(["python", "pipelines/pretrain.py", *sys.argv[1:]]))
+        command = " ".join(["python", "pipelines/pretrain.py", *sys.argv[1:]])
+        examples = [scenes[i] for scenes in sets.values() for i in range(min(2, len(scenes)))]
+        ship(checkpoint, Path(args.ship), curve, command, examples)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def test_pretrain_evaluates_resumes_and_ships_a_loadable_model_with_its_card(tmp
     rows = [json.loads(line) for line in (out / "curve.jsonl").read_text().splitlines()]
     assert [r["samples"] for r in rows] == [16, 32, 48]
     assert sorted(p.name for p in shipped.iterdir()) == [
-        "MODEL_CARD.md", "config.json", "curve.jsonl", "meta.json", "model.safetensors",
+        "MODEL_CARD.md", "config.json", "curve.jsonl", "examples.png", "meta.json", "model.safetensors",
     ]  # fmt: skip
     model = load_model(shipped)
     assert model.order is not None and model.cfg.name == "tiny"

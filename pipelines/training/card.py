@@ -10,6 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sas_model.overlay import overlay_sheet, save_png, tint_layers
+
 ROWS = (
     ("iou_free/layer0", "layer-0 IoU (free-running)"),
     ("trivial/layer0", "  trivial: every object in front"),
@@ -82,6 +86,11 @@ inside `C_k = {{V < k}}` (an ensemble of samples per layer gives the uncertainty
 Free-running segmentation scored by the definitions of `pipelines/evaluate.py`; `flat_<kind>` is the
 `flat` family made only of the held-out shape kind.
 
+![examples](examples.png)
+
+(`examples.png`: two test scenes of each set; per row the image, the true layers, the predicted layers
+with object outlines, and the uncertainty map.)
+
 {metrics_table(facts.get("metrics", {}))}
 
 Learning curve on `flat` (`curve.jsonl` has every set):
@@ -103,3 +112,18 @@ visible border were not in its training scenes.
     path = Path(folder) / "MODEL_CARD.md"
     path.write_text(text)
     return path
+
+
+def example_sheet(segmenter: Any, scenes: list, path: Path, scale: int = 3) -> Path:
+    """A picture of what the model does: one row per scene, image | true layers | predicted layers
+    with object outlines | uncertainty, front layer first (the README's first screen shows it)."""
+    results = segmenter.segment(np.stack([s.image for s in scenes]), seed=0)
+    rows = [
+        [
+            scene.image,
+            tint_layers(scene.image, np.asarray(scene.layer_masks, bool)),
+            result.render_overlay(scene.image),
+        ]
+        for scene, result in zip(scenes, results, strict=True)
+    ]
+    return save_png(path, overlay_sheet(rows, scale=scale))
