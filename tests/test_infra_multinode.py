@@ -40,6 +40,16 @@ IFACE = "sas0"
 STEPS = 8
 NS_PREFIX = "sas"
 RECOVERY_LIMIT_S = 120  # from the host's death to the first step of the restarted worker group
+# job-log lines that mark the recovery (printed with their time after the host's death)
+TIMELINE_EVENTS = (
+    "rror",
+    "died",
+    "Deciding",
+    "Restarting",
+    "Started training worker group",
+    "resumed from",
+    "[train] step",
+)
 
 
 def _ip(*args: str) -> None:
@@ -302,8 +312,11 @@ write_s3_dataset("s3://sas-data/shapes", {cluster["urls"]["s3"]!r}, n=24, shard_
     last_step_before_kill = None
     killed_at = resumed_at = recovered_at = None
     node_ips: set[str] = set()
+    timeline: list[str] = []  # what happened after the host's death, and when
     for line in follow.stdout:
         lines.append(line)
+        if killed_at is not None and any(k in line for k in TIMELINE_EVENTS):
+            timeline.append(f"+{time.monotonic() - killed_at:.0f} s {line.strip()[:140]}")
         node_ips.update(re.findall(r"\(ip=([\d.]+), pid=\d+\) world_rank", line))
         step = re.search(r"\[train\] step (\d+)/", line)
         if last_step_before_kill is None and step and int(step.group(1)) > CKPT_EVERY:
@@ -329,6 +342,7 @@ write_s3_dataset("s3://sas-data/shapes", {cluster["urls"]["s3"]!r}, n=24, shard_
     assert recovered_at is not None, log[-5000:]
     recovery_s = recovered_at - killed_at
     print(f"recovery: {recovery_s:.0f} s from the worker host's death to the first resumed step")
+    print("\n".join(timeline[:12]))
     assert recovery_s <= RECOVERY_LIMIT_S, recovery_s
     groups = log.split("Started training worker group")
     assert len(groups) >= 3, "the worker group should have been restarted"
