@@ -99,9 +99,15 @@ def _rank0_clock(device: torch.device) -> float:
 
 
 def _restore(checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any) -> TrainerState:
+    """Load model, EMA, optimiser and trainer state from ``checkpoint``, downloaded into a folder of this
+    process's own. (``Checkpoint.as_directory`` shares one download between the processes of a node
+    and deletes it when the last reader leaves; when a lost node put both ranks of a restarted worker
+    group on one host, a rank read it while the other removed it: EOFError and truncated-zip errors
+    on an intact checkpoint, every restart, until the run failed.)"""
     from sas_model.checkpoint import load_model
 
-    with checkpoint.as_directory() as directory:
+    with tempfile.TemporaryDirectory(prefix="sas-restore-") as private:
+        directory = checkpoint.to_directory(private)
         model.load_state_dict(load_model(directory, use_ema=False, device="cpu").state_dict())
         state = load_trainer_state(directory, optimizer)
         ema.load_state_dict(load_model(directory, use_ema=True, device="cpu").state_dict(), state.ema_updates)
