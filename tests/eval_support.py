@@ -1,4 +1,4 @@
-"""Helpers for the evaluate/predict tests: an untrained `tiny` checkpoint (quality does not matter)."""
+"""Helpers for the evaluate/predict tests: an untrained `tiny-sequential` checkpoint whose answer is known."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ FAST_SAMPLER = ["--steps", "2", "--ensemble", "2"]
 
 
 def make_checkpoint(out: Path, head_bias: float = 0.0, seed: int = 0, **overrides) -> Path:
-    """Save an untrained `tiny` model (max 3 layers) with ``sas_model.checkpoint.save_checkpoint``.
+    """Save an untrained `tiny-sequential` model (max 3 layers) with ``sas_model.checkpoint.save_checkpoint``.
+
+    The sequential model (no order head) decides every layer with the UNet alone, so one bias fixes
+    its whole answer; the order-head path has its own known-answer tests (``test_order_head.py``).
 
     The UNet head starts at zero, so the model predicts x0 = ``head_bias`` everywhere: 0 gives empty
     layers (the segmenter stops at once), a positive bias gives full-frame layers up to ``max_layers``.
@@ -21,7 +24,7 @@ def make_checkpoint(out: Path, head_bias: float = 0.0, seed: int = 0, **override
     from sas_model.model import SASModel
 
     torch.manual_seed(seed)
-    cfg = ModelConfig.preset("tiny").replace(**{"sampler.max_layers": 3, **overrides})
+    cfg = ModelConfig.preset("tiny-sequential").replace(**{"sampler.max_layers": 3, **overrides})
     model = SASModel(cfg.validate())
     with torch.no_grad():
         model.unet.head.bias.fill_(head_bias)

@@ -122,7 +122,7 @@ def test_pipelines_sub_packages_import_only_downwards():
 
 
 def test_every_pipelines_module_lives_in_a_known_place():
-    entry_points = {"train", "tune", "evaluate", "predict", "main_job", "demo"}
+    entry_points = {"train", "tune", "evaluate", "predict", "main_job", "demo", "pretrain"}
     for name in _modules():
         parts = name.split(".")
         if parts[0] == "pipelines" and len(parts) > 1:
