@@ -40,7 +40,7 @@ import torch
 
 from pipelines.cli.args import parse_override
 from pipelines.training.augment import perturb_cumulative_mask
-from pipelines.training.card import example_sheet, write_model_card
+from pipelines.training.card import SHIP_LIMIT_BYTES, example_sheet, write_model_card
 from pipelines.training.local import LocalState, ema_model
 from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
 from pipelines.training.scenes import SampleStream, SceneMix, val_scenes
@@ -55,7 +55,6 @@ from synth.shapes import SHAPE_KINDS, kind_weights_for
 DEFAULT_MIX = "flat=0.4,flat8=0.15,mixed=0.15,textured=0.3"
 DEFAULT_HOLD_OUT = "star"
 EVAL_SEED_OFFSET = 1000  # test scenes come from seed + this: a seed training never renders
-SHIP_LIMIT_BYTES = 20 * 2**20
 METRICS = (
     "iou_free/layer0",
     "trivial/layer0",
@@ -97,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--render-workers", type=int, default=0, help="processes rendering training scenes")
+    ap.add_argument(
+        "--probe-kind",
+        default=None,
+        help="also test on flat scenes made only of this shape kind (default: the held-out kind; "
+        "keeps a kind's curve going after it joins training)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ship", default=None, help="write the last evaluated model and its card here")
@@ -138,14 +143,15 @@ class Run:
 
     def eval_sets(self) -> dict[str, list]:
         """Fresh test-split scenes: ``flat``, ``textured`` and, when a kind is held out, ``flat`` made
-        only of it (``flat_<kind>``)."""
+        only of it (``flat_<kind>``; ``--probe-kind`` names it when none is held out)."""
         size, seed = self.cfg.image_size, self.args.seed + EVAL_SEED_OFFSET
         n = self.args.eval_scenes
         sets = {
             name: val_scenes(seed, family_config(name, size), n, split="test")
             for name in ("flat", "textured")
         }
-        for kind in self.held_out:
+        probes = self.held_out if self.args.probe_kind is None else (self.args.probe_kind,)
+        for kind in (k for k in probes if k not in ("", "none")):
             only = replace(family_config("flat", size), shape_weights=kind_weights_for((kind,)))
             sets[f"flat_{kind}"] = val_scenes(seed, only, n, split="test")
         return sets
@@ -178,6 +184,7 @@ def save_eval_checkpoint(run: Run, counters: dict[str, Any], metrics: dict[str, 
             "eval_seed": run.args.seed + EVAL_SEED_OFFSET,
             "batch_size": run.cfg.train.batch_size,
             "hardware": counters.get("hardware", []),
+            "commands": counters.get("commands", []),
             "metrics": metrics,
         },
     }
@@ -191,16 +198,14 @@ def save_eval_checkpoint(run: Run, counters: dict[str, Any], metrics: dict[str, 
     return target
 
 
-def ship(
-    checkpoint: Path, destination: Path, curve: list[dict[str, Any]], command: str, examples: list
-) -> None:
+def ship(checkpoint: Path, destination: Path, curve: list[dict[str, Any]], examples: list) -> None:
     """Copy the checkpoint's files to ``destination`` with ``MODEL_CARD.md``, ``curve.jsonl`` and
     ``examples.png`` (what the model does on ``examples``, fresh test scenes)."""
     destination.mkdir(parents=True, exist_ok=True)
     for name in (CONFIG_FILE, MODEL_FILE, META_FILE):
         shutil.copyfile(checkpoint / name, destination / name)
     (destination / "curve.jsonl").write_text("".join(json.dumps(row) + "\n" for row in curve))
-    write_model_card(destination, json.loads((checkpoint / META_FILE).read_text()), curve, command)
+    write_model_card(destination, json.loads((checkpoint / META_FILE).read_text()), curve)
     example_sheet(load_segmenter(destination), examples, destination / "examples.png")
     size = sum(f.stat().st_size for f in destination.iterdir() if f.is_file())
     if size > SHIP_LIMIT_BYTES:
@@ -238,8 +243,13 @@ def main(argv: list[str] | None = None) -> None:
         counters, curve = resumed
         torch.manual_seed(args.seed + int(counters["step"]))
         print(f"[pretrain] resumed from {run.state.path} at {counters['samples']:,} samples", flush=True)
-    if hardware() not in counters["hardware"]:
-        counters["hardware"].append(hardware())
+    if not args.no_train:
+        if hardware() not in counters["hardware"]:
+            counters["hardware"].append(hardware())
+        given = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python", "pipelines/pretrain.py", *given])
+        if command not in counters.setdefault("commands", []):
+            counters["commands"].append(command)
     print(
         f"[pretrain] {run.cfg.name}: {run.model.num_parameters():,} params, mix {run.mix.describe()}, "
         f"held out {list(run.held_out) or 'none'}, batch {tc.batch_size}, lr {tc.lr}, "
@@ -296,16 +306,16 @@ def main(argv: list[str] | None = None) -> None:
             save_eval_checkpoint(run, counters, metrics)
             run.state.save(counters, curve)
             last_print, wait, window = time.perf_counter(), 0.0, 0
-    run.state.save(counters, curve)
+    if not args.no_train:  # a --no-train --ship beside a running run must not overwrite its state
+        run.state.save(counters, curve)
     run.stream.close()
     print(f"[pretrain] stopped at {counters['samples']:,} of {int(args.samples):,} samples", flush=True)
     if args.ship:
         checkpoint = run.out / "checkpoint"
         if not checkpoint.exists():
             raise SystemExit("error: no evaluated checkpoint yet; train past the first --eval-every first")
-        command = " ".join(["python", "pipelines/pretrain.py", *sys.argv[1:]])
         examples = [scenes[i] for scenes in sets.values() for i in range(min(2, len(scenes)))]
-        ship(checkpoint, Path(args.ship), curve, command, examples)
+        ship(checkpoint, Path(args.ship), curve, examples)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The shipped model's card (``MODEL_CARD.md``), written from the run's own numbers.
 
-``write_model_card(folder, meta, curve, command)``: ``meta`` is the checkpoint's ``meta.json`` (samples
+``write_model_card(folder, meta, curve)``: ``meta`` is the checkpoint's ``meta.json`` (samples
 seen, training minutes and the ``pretrain`` facts of ``pipelines/pretrain.py``: mix, held-out kinds,
 seeds, hardware, the last evaluation), ``curve`` the run's evaluation rows.
 """
@@ -29,6 +29,8 @@ ROWS = (
     ("unet_passes_mean", "UNet passes per image"),
 )
 
+
+SHIP_LIMIT_BYTES = 20 * 2**20  # the shipped model folder (weights, config, card, pictures) stays under this
 
 def _cell(value: Any) -> str:
     return "–" if value is None else (f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}")
@@ -60,8 +62,9 @@ def curve_table(curve: list[dict[str, Any]], family: str = "flat") -> str:
     return "\n".join(lines)
 
 
-def write_model_card(folder: Path, meta: dict[str, Any], curve: list[dict[str, Any]], command: str) -> Path:
+def write_model_card(folder: Path, meta: dict[str, Any], curve: list[dict[str, Any]]) -> Path:
     facts = meta.get("pretrain", {})
+    commands = facts.get("commands") or ["not recorded"]
     held = facts.get("held_out_shape_kinds") or []
     text = f"""# Model card: the shipped `sas` model (`models/pretrained`)
 
@@ -72,7 +75,8 @@ inside `C_k = {{V < k}}` (an ensemble of samples per layer gives the uncertainty
 
 ## Training
 
-- Command: `{command}` (resumable: rerun it to go on)
+- Command{"s, in order" if len(commands) > 1 else ""}: {"; then ".join(f"`{c}`" for c in commands)}
+  (resumable: rerun the last one to go on)
 - Data: scenes rendered on the fly, train split, seed {facts.get("seed")}; family mix
   `{facts.get("mix")}`; shape kinds held out of training: {", ".join(held) or "none"}
 - Samples seen: {int(meta.get("samples_seen", 0)):,} (steps {int(meta.get("step", 0)):,} of batch
@@ -118,12 +122,10 @@ def example_sheet(segmenter: Any, scenes: list, path: Path, scale: int = 3) -> P
     """A picture of what the model does: one row per scene, image | true layers | predicted layers
     with object outlines | uncertainty, front layer first (the README's first screen shows it)."""
     results = segmenter.segment(np.stack([s.image for s in scenes]), seed=0)
-    rows = [
-        [
-            scene.image,
-            tint_layers(scene.image, np.asarray(scene.layer_masks, bool)),
-            result.render_overlay(scene.image),
-        ]
-        for scene, result in zip(scenes, results, strict=True)
-    ]
+    rows = []
+    for scene, result in zip(scenes, results, strict=True):
+        width = scene.image.shape[1]
+        overlay = result.render_overlay(scene.image)  # prediction | gap | uncertainty
+        truth = tint_layers(scene.image, np.asarray(scene.layer_masks, bool))
+        rows.append([scene.image, truth, overlay[:, :width], overlay[:, -width:]])
     return save_png(path, overlay_sheet(rows, scale=scale))
