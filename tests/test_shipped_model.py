@@ -38,7 +38,7 @@ def test_shipped_model_loads_validates_fits_the_limit_and_has_its_card(monkeypat
 
 
 def test_a_fine_tune_starts_from_the_shipped_weights(monkeypatch):
-    """The first loss of a run started with ``--init pretrained`` is the shipped model's loss on that batch."""
+    """The first loss of a run started with ``--init pretrained`` equals the shipped model's on that batch."""
     monkeypatch.delenv("SAS_PRETRAINED_MODEL", raising=False)
     shipped = load_model(SHIPPED, device="cpu").train()
     cfg = shipped.cfg
