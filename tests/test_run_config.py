@@ -61,3 +61,10 @@ def test_train_cli_builds_the_run_once_from_its_flags():
     bad = train.build_parser().parse_args(["--data", "d", "--workers", "3"])
     with pytest.raises(train.UserError, match="not divisible"):
         train.build_run_config(bad, "d", "runs")
+
+
+@pytest.mark.parametrize("flag", ["--keep", "--ckpt-every", "--log-every", "--max-bad-steps"])
+def test_train_cli_rejects_zero_counts_instead_of_clamping_them(flag):
+    args = train.build_parser().parse_args(["--data", "d", flag, "0"])
+    with pytest.raises(train.UserError, match=f"{flag} must be at least 1"):
+        train.build_run_config(args, "d", "runs")

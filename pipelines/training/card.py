@@ -32,6 +32,7 @@ ROWS = (
 
 SHIP_LIMIT_BYTES = 20 * 2**20  # the shipped model folder (weights, config, card, pictures) stays under this
 
+
 def _cell(value: Any) -> str:
     return "–" if value is None else (f"{value:.1f}" if abs(value) >= 10 else f"{value:.3f}")
 
