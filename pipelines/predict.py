@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--workers and --batch must be at least 1")
     tracking_uri = resolve_mlflow_uri(args.mlflow_uri)
     source = resolve_model(args.model, tracking_uri) if args.model else default_model(tracking_uri)
-    overrides = sampler_overrides(args)
+    overrides = sampler_overrides(vars(args))
     check_sampler_overrides(source, overrides)
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

@@ -7,7 +7,6 @@ files hold all of them.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -20,6 +19,7 @@ import numpy as np
 from pipelines.cli.files import figure_png, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
+    from pipelines.inference.request import EvalRequest, EvalResult
     from synth.schema import Manifest
 
 HEADLINE = (
@@ -62,12 +62,12 @@ AP_LEGEND = (
 )
 
 
-def comparison_markdown(summaries: dict[str, dict[str, float]], args: argparse.Namespace) -> str:
+def comparison_markdown(summaries: dict[str, dict[str, float]], request: EvalRequest) -> str:
     """Headline metrics, one column per model, titled with the data, split and sampler flags."""
     from sas_model.metrics_report import summary_markdown
 
     picked = {label: {k: s[k] for k in HEADLINE if k in s} for label, s in summaries.items()}
-    table = summary_markdown(picked, title=_title(args))
+    table = summary_markdown(picked, title=request.title())
     if any("coco_ap" in s for s in summaries.values()):
         table += "\n" + AP_LEGEND + "\n"
     return table
@@ -86,17 +86,6 @@ def write_coco(out_dir: Path, evaluated: dict[str, Any]) -> list[Path]:
             files.append(write_text_atomic(out_dir / "ground_truth.json", json.dumps(gt)))
         files.append(write_text_atomic(out_dir / f"detections_{safe_name(label)}.json", json.dumps(dt)))
     return files
-
-
-def _title(args: argparse.Namespace) -> str:
-    sampler = ", ".join(
-        f"{flag}={getattr(args, flag)}"
-        for flag in ("sampler", "steps", "ensemble", "consensus")
-        if getattr(args, flag, None) is not None
-    )
-    return f"{args.data} split {args.split}" + (
-        f" ({sampler})" if sampler else " (each model's sampler config)"
-    )
 
 
 def metrics_csv(summaries: dict[str, dict[str, float]]) -> str:
@@ -154,28 +143,28 @@ def overlay_sheet_png(strips: dict[str, dict[int, bytes]], rows: int) -> bytes |
 
 
 def write_report(
-    out_dir: Path, evaluated: dict[str, Any], sources: list[Any], args: argparse.Namespace
+    out_dir: Path, evaluated: dict[str, Any], sources: list[Any], request: EvalRequest
 ) -> list[Path]:
     """metrics.md/csv, per_image_<label>.csv, overlays.png and summary.json in ``out_dir``."""
     summaries = evaluated["summaries"]
     files = [
-        write_text_atomic(out_dir / "metrics.md", _full_markdown(summaries, sources, args)),
+        write_text_atomic(out_dir / "metrics.md", _full_markdown(summaries, sources, request)),
         write_text_atomic(out_dir / "metrics.csv", metrics_csv(summaries)),
     ]
     for label, acc in evaluated["records"].items():
         files.append(
             write_text_atomic(out_dir / f"per_image_{safe_name(label)}.csv", rows_csv(acc.image_rows()))
         )
-    sheet = overlay_sheet_png(evaluated["strips"], args.sheet_rows)
+    sheet = overlay_sheet_png(evaluated["strips"], request.sheet_rows)
     if sheet is not None:
         files.append(write_bytes_atomic(out_dir / "overlays.png", sheet))
     calibration = calibration_png(summaries)
     if calibration is not None:
         files.append(write_bytes_atomic(out_dir / "calibration.png", calibration))
     summary = {
-        "data": args.data,
-        "split": args.split,
-        "limit": args.limit,
+        "data": request.data,
+        "split": request.split,
+        "limit": request.limit,
         "models": {s.label: s.uri for s in sources},
         "summaries": summaries,
     }
@@ -183,9 +172,7 @@ def write_report(
     return files
 
 
-def _full_markdown(
-    summaries: dict[str, dict[str, float]], sources: list[Any], args: argparse.Namespace
-) -> str:
+def _full_markdown(summaries: dict[str, dict[str, float]], sources: list[Any], request: EvalRequest) -> str:
     from sas_model.metrics_report import summary_markdown
 
     lines = ["Models:", ""] + [f"- `{s.label}`: `{s.uri}`" for s in sources] + [""]
@@ -196,7 +183,7 @@ def _full_markdown(
         "(object outlines white) | ensemble-variance heat map. Layer colours front to back: red, green, "
         "blue, orange, purple."
     )
-    return "\n".join(lines) + "\n\n" + summary_markdown(summaries, title=_title(args))
+    return "\n".join(lines) + "\n\n" + summary_markdown(summaries, title=request.title())
 
 
 def sweep_markdown(rows: list[dict[str, Any]], label: str) -> str:
@@ -285,16 +272,14 @@ def write_sweep(out_dir: Path, rows: list[dict[str, Any]], label: str) -> list[P
 
 def log_to_mlflow(
     tracking_uri: str,
-    args: argparse.Namespace,
+    request: EvalRequest,
     sources: list[Any],
-    overrides: dict[str, Any],
-    result: dict[str, Any],
-    files: list[Path],
+    result: EvalResult,
     manifest: Manifest | None = None,
 ) -> str:
-    """One run in ``args.experiment``: params (data, models, sampler), metrics, the report files;
-    the dataset as an input and, for registered models, the results linked to them
-    (:func:`link_to_models`).
+    """One run in ``request.experiment``: params (data, models, sampler), metrics, the report files
+    (``result.files``); the dataset as an input and, for registered models, the results linked to
+    them (:func:`link_to_models`).
 
     With one model the metric keys are plain (``miou_free``), so runs compare across evaluations; with
     several they are prefixed by the model label (``deterministic/miou_free``). Sweep rows become
@@ -305,15 +290,15 @@ def log_to_mlflow(
     from pipelines.inference.models import model_summary
     from pipelines.tracking.store import setup_mlflow
 
-    experiment_id = setup_mlflow(tracking_uri, args.experiment)
+    experiment_id = setup_mlflow(tracking_uri, request.experiment)
     params: dict[str, Any] = {
-        "data": args.data,
-        "split": args.split,
-        "limit": args.limit or "all",
-        "seed": args.seed,
-        "teacher_forced": not args.no_teacher_forced,
-        "mode": "sweep_passes" if args.sweep_passes else "evaluate",
-        **{f"sampler.{k}": v for k, v in overrides.items()},
+        "data": request.data,
+        "split": request.split,
+        "limit": request.limit or "all",
+        "seed": request.seed,
+        "teacher_forced": request.teacher_forced,
+        "mode": "sweep_passes" if request.sweep_passes else "evaluate",
+        **{f"sampler.{k}": v for k, v in request.sampler.items()},
     }
     for source in sources:
         prefix = f"model.{safe_name(source.label)}"
@@ -321,25 +306,25 @@ def log_to_mlflow(
         for key, value in model_summary(source).items():
             params[f"{prefix}.{key}"] = value
     metrics: dict[str, float] = {}
-    for label, summary in result.get("summaries", {}).items():
+    for label, summary in result.summaries.items():
         prefix = "" if len(sources) == 1 else f"{safe_name(label)}/"
         metrics.update({f"{prefix}{k}": float(v) for k, v in summary.items() if np.isfinite(v)})
-    for row in result.get("sweep", []):
+    for row in result.sweep:
         key = safe_name(row["setting"])
         metrics[f"sweep/{key}/miou_free"] = float(row["miou_free"])
         metrics[f"sweep/{key}/unet_passes"] = float(row["unet_passes_per_image"])
-    with mlflow.start_run(experiment_id=experiment_id, run_name=args.run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id, run_name=request.run_name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
         mlflow.log_metrics(metrics)
-        for path in files:
+        for path in result.files:
             mlflow.log_artifact(str(path), "report")
         if manifest is not None:
-            link_to_models(run.info.run_id, args, sources, result, manifest)
+            link_to_models(run.info.run_id, request, sources, result, manifest)
         return run.info.run_id
 
 
 def link_to_models(
-    run_id: str, args: argparse.Namespace, sources: list[Any], result: dict[str, Any], manifest: Manifest
+    run_id: str, request: EvalRequest, sources: list[Any], result: EvalResult, manifest: Manifest
 ) -> None:
     """Inside the active evaluation run: log the dataset as input and, for each ``models:/`` source,
     its metrics linked to the registry version's logged model (``<split>/<metric>``, MLflow 3
@@ -351,35 +336,35 @@ def link_to_models(
 
     from pipelines.tracking import lineage
 
-    dataset = lineage.dataset_for(args.data, manifest)
-    tags = {**lineage.dataset_tags(manifest), "sas.split": args.split}
+    dataset = lineage.dataset_for(request.data, manifest)
+    tags = {**lineage.dataset_tags(manifest), "sas.split": request.split}
     mlflow.log_input(dataset, context="evaluation", tags=tags)
     client = MlflowClient()
     for source in sources:
-        summary = result.get("summaries", {}).get(source.label)
+        summary = result.summaries.get(source.label)
         try:
             version = lineage.registered_version(source.uri)
         except MlflowException:
             version = None
         if version is None or not summary:
             continue
-        metrics = {f"{args.split}/{k}": float(v) for k, v in summary.items() if np.isfinite(v)}
+        metrics = {f"{request.split}/{k}": float(v) for k, v in summary.items() if np.isfinite(v)}
         model_id = lineage.logged_model_id(version)
         if model_id:
             mlflow.log_metrics(metrics, model_id=model_id, dataset=dataset)
         else:
             for key in HEADLINE:
-                if f"{args.split}/{key}" in metrics:
+                if f"{request.split}/{key}" in metrics:
                     client.set_model_version_tag(
                         version.name,
                         version.version,
-                        f"eval.{args.split}.{key}",
-                        repr(metrics[f"{args.split}/{key}"]),
+                        f"eval.{request.split}.{key}",
+                        repr(metrics[f"{request.split}/{key}"]),
                     )
-        client.set_model_version_tag(version.name, version.version, f"eval.{args.split}.run_id", run_id)
+        client.set_model_version_tag(version.name, version.version, f"eval.{request.split}.run_id", run_id)
         client.set_model_version_tag(
             version.name,
             version.version,
-            f"eval.{args.split}.dataset_digest",
+            f"eval.{request.split}.dataset_digest",
             lineage.manifest_digest(manifest),
         )

@@ -6,6 +6,7 @@ CPU/GPU request per actor.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,10 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seed", type=int, default=0, help="sampling seed (per image; default 0)")
 
 
-def sampler_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """``SamplerConfig`` field overrides from the sampler flags that were given."""
-    return {
-        field: getattr(args, flag) for flag, field in SAMPLER_FLAGS.items() if getattr(args, flag) is not None
-    }
+def sampler_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """``SamplerConfig`` field overrides from the sampler flags that were given (``flags``: the parsed
+    command line as a mapping, ``vars(args)``)."""
+    return {field: flags[flag] for flag, field in SAMPLER_FLAGS.items() if flags.get(flag) is not None}
 
 
 def check_sampler_overrides(source: ModelSource, overrides: dict[str, Any]) -> None:

@@ -1,0 +1,75 @@
+"""``evaluate.py``'s typed request: flags default to its fields, it is validated once, and below the
+entry script only the request travels (no ``argparse`` in the evaluation modules)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipelines.evaluate import build_parser, request_from_args
+from pipelines.inference.request import EvalRequest, field_default
+from synth.cli import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+# request field -> flag destination, where the names differ
+RENAMED = {"models": "model", "teacher_forced": "no_teacher_forced", "mlflow": "no_mlflow", "sampler": None}
+
+
+def test_every_flag_defaults_to_its_request_field():
+    defaults = vars(build_parser().parse_args(["--model", "m", "--data", "d"]))
+    for spec in dataclasses.fields(EvalRequest):
+        dest = RENAMED.get(spec.name, spec.name)
+        if dest is None or spec.name in ("models", "data"):
+            continue
+        if spec.name in ("teacher_forced", "mlflow"):  # switched off by --no-... flags
+            assert defaults[dest] is (not field_default(EvalRequest, spec.name)), spec.name
+        else:
+            assert defaults[dest] == field_default(EvalRequest, spec.name), spec.name
+
+
+def test_the_request_is_built_once_from_the_flags():
+    args = build_parser().parse_args(
+        [
+            "--model",
+            "a=runs/x",
+            "--model",
+            "b=runs/y",
+            "--data",
+            "d",
+            "--limit",
+            "1e2",
+            "--steps",
+            "3",
+            "--ensemble",
+            "2",
+            "--no-teacher-forced",
+            "--no-mlflow",
+        ]
+    )
+    request = request_from_args(args)
+    assert request.models == ("a=runs/x", "b=runs/y") and request.limit == 100
+    assert request.sampler == {"steps": 3, "ensemble_size": 2}
+    assert not request.teacher_forced and not request.mlflow
+    assert request.title() == "d split test (steps=3, ensemble_size=2)"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"workers": 0}, "--workers and --batch must be at least 1"),
+        ({"limit": 0}, "--limit must be at least 1"),
+        ({"sweep_passes": True, "models": ("a", "b")}, "--sweep-passes takes exactly one --model"),
+        ({"sweep_passes": True, "coco_out": "c"}, "leave it out with --sweep-passes"),
+    ],
+)
+def test_bad_requests_get_one_line(changes, message):
+    with pytest.raises(UserError, match=message):
+        EvalRequest(**{"models": ("m",), "data": "d", **changes}).validate()
+
+
+def test_no_namespace_below_the_entry_script():
+    for name in ("evaluation.py", "eval_report.py", "request.py", "options.py"):
+        text = (REPO / "pipelines" / "inference" / name).read_text()
+        assert "argparse.Namespace" not in text and "args: " not in text, name
