@@ -185,6 +185,7 @@ def save_eval_checkpoint(run: Run, counters: dict[str, Any], metrics: dict[str, 
             "batch_size": run.cfg.train.batch_size,
             "hardware": counters.get("hardware", []),
             "commands": counters.get("commands", []),
+            "phases": counters.get("phases", []),
             "metrics": metrics,
         },
     }
@@ -250,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
         command = " ".join(["python", "pipelines/pretrain.py", *given])
         if command not in counters.setdefault("commands", []):
             counters["commands"].append(command)
+        phase = {"mix": run.mix.describe(), "held_out": list(run.held_out)}
+        phases = counters.setdefault("phases", [])
+        if not phases or {k: phases[-1][k] for k in phase} != phase:  # the data changed from here on
+            phases.append({"from_samples": int(counters["samples"]), **phase})
     print(
         f"[pretrain] {run.cfg.name}: {run.model.num_parameters():,} params, mix {run.mix.describe()}, "
         f"held out {list(run.held_out) or 'none'}, batch {tc.batch_size}, lr {tc.lr}, "

@@ -35,3 +35,24 @@ def test_pretrain_evaluates_resumes_and_ships_a_loadable_model_with_its_card(tmp
     assert model.order is not None and model.cfg.name == "tiny"
     card = (shipped / "MODEL_CARD.md").read_text()
     assert "Samples seen: 48" in card and "`flat_star`" in card and "python pipelines/pretrain.py" in card
+
+
+def test_the_card_reports_each_data_phase_and_the_held_out_kind_before_it_joined():
+    from pipelines.training.card import _data_phases, held_out_summary
+
+    phases = [
+        {"from_samples": 0, "mix": "flat=1.00", "held_out": ["star"]},
+        {"from_samples": 300, "mix": "flat=1.00", "held_out": []},
+    ]
+    row = lambda n, flat, star: {  # noqa: E731
+        "samples": n,
+        "metrics": {
+            "flat": {"margin_free/layer0": flat, "pair_order": 0.8},
+            "flat_star": {"margin_free/layer0": star, "pair_order": 0.6},
+        },
+    }
+    curve = [row(100, 0.05, -0.1), row(200, 0.1, -0.05), row(400, 0.2, 0.15)]
+    text = held_out_summary(phases, curve)
+    assert "`star`, at 200 samples" in text and "-0.050 against `flat`'s 0.100" in text
+    assert "held out: star; from 300 samples" in _data_phases({"phases": phases}, [])
+    assert held_out_summary(phases[1:], curve) == ""

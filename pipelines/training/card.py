@@ -63,6 +63,42 @@ def curve_table(curve: list[dict[str, Any]], family: str = "flat") -> str:
     return "\n".join(lines)
 
 
+def _data_phases(facts: dict[str, Any], held: list[str]) -> str:
+    """The training data in words: one mix and held-out set, or each phase when they changed."""
+    phases = facts.get("phases") or []
+
+    def held_out(kinds: list[str]) -> str:
+        return ", ".join(kinds) or "none"
+
+    if len(phases) <= 1:
+        return f"family mix `{facts.get('mix')}`; shape kinds held out of training: {held_out(held)}"
+    return "in phases: " + "; ".join(
+        f"from {int(p['from_samples']):,} samples mix `{p['mix']}`, held out: {held_out(p['held_out'])}"
+        for p in phases
+    )
+
+
+def held_out_summary(phases: list[dict[str, Any]], curve: list[dict[str, Any]]) -> str:
+    """For each shape kind held out of a phase: the layer-0 margin and pair order on scenes made only of
+    it against `flat`'s, at the last evaluation before it joined training (or now, if it never did)."""
+    lines = []
+    for i, phase in enumerate(phases):
+        end = phases[i + 1]["from_samples"] if i + 1 < len(phases) else float("inf")
+        for kind in phase["held_out"]:
+            rows = [r for r in curve if r["samples"] <= end and f"flat_{kind}" in r["metrics"]]
+            if not rows:
+                continue
+            row = rows[-1]
+            flat, only = row["metrics"].get("flat", {}), row["metrics"][f"flat_{kind}"]
+            lines.append(
+                f"Held-out shape kind `{kind}`, at {row['samples']:,} samples (never trained on): layer-0 "
+                f"margin {_cell(only.get('margin_free/layer0'))} against `flat`'s "
+                f"{_cell(flat.get('margin_free/layer0'))}, pair order {_cell(only.get('pair_order'))} "
+                f"against {_cell(flat.get('pair_order'))}."
+            )
+    return ("\n" + "\n\n".join(lines) + "\n") if lines else ""
+
+
 def write_model_card(folder: Path, meta: dict[str, Any], curve: list[dict[str, Any]]) -> Path:
     facts = meta.get("pretrain", {})
     commands = facts.get("commands") or ["not recorded"]
@@ -78,8 +114,7 @@ inside `C_k = {{V < k}}` (an ensemble of samples per layer gives the uncertainty
 
 - Command{"s, in order" if len(commands) > 1 else ""}: {"; then ".join(f"`{c}`" for c in commands)}
   (resumable: rerun the last one to go on)
-- Data: scenes rendered on the fly, train split, seed {facts.get("seed")}; family mix
-  `{facts.get("mix")}`; shape kinds held out of training: {", ".join(held) or "none"}
+- Data: scenes rendered on the fly, train split, seed {facts.get("seed")}; {_data_phases(facts, held)}
 - Samples seen: {int(meta.get("samples_seen", 0)):,} (steps {int(meta.get("step", 0)):,} of batch
   {facts.get("batch_size")}); training time {meta.get("train_minutes")} minutes
 - Hardware: {"; ".join(facts.get("hardware", [])) or "not recorded"}
@@ -89,7 +124,7 @@ inside `C_k = {{V < k}}` (an ensemble of samples per layer gives the uncertainty
 ## How it does (fresh test-split scenes, seed {facts.get("eval_seed")}, never trained on)
 
 Free-running segmentation scored by the definitions of `pipelines/evaluate.py`; `flat_<kind>` is the
-`flat` family made only of the held-out shape kind.
+`flat` family made only of one shape kind (the held-out one, or `--probe-kind`).
 
 ![examples](examples.png)
 
@@ -97,7 +132,7 @@ Free-running segmentation scored by the definitions of `pipelines/evaluate.py`; 
 with object outlines, and the uncertainty map.)
 
 {metrics_table(facts.get("metrics", {}))}
-
+{held_out_summary(facts.get("phases") or [], curve)}
 Learning curve on `flat` (`curve.jsonl` has every set):
 
 {curve_table(curve)}
