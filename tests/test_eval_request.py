@@ -1,5 +1,5 @@
-"""``evaluate.py``'s typed request: flags default to its fields, it is validated once, and below the
-entry script only the request travels (no ``argparse`` in the evaluation modules)."""
+"""``evaluate.py``'s and ``predict.py``'s typed requests: flags default to their fields, a request is
+validated once, and below the entry script only the request travels (no ``argparse`` in inference)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,21 @@ def test_bad_requests_get_one_line(changes, message):
 
 
 def test_no_namespace_below_the_entry_script():
-    for name in ("evaluation.py", "eval_report.py", "request.py", "options.py"):
+    for name in ("evaluation.py", "eval_report.py", "prediction.py", "request.py", "options.py"):
         text = (REPO / "pipelines" / "inference" / name).read_text()
         assert "argparse.Namespace" not in text and "args: " not in text, name
+
+
+def test_every_predict_flag_defaults_to_its_request_field():
+    from pipelines.inference.request import PredictRequest
+    from pipelines.predict import build_parser as predict_parser
+    from pipelines.predict import request_from_args as predict_request
+
+    args = predict_parser().parse_args(["--input", "i", "--out", "o"])
+    defaults = vars(args)
+    for spec in dataclasses.fields(PredictRequest):
+        if spec.name not in ("input", "out", "sampler"):
+            assert defaults[spec.name] == field_default(PredictRequest, spec.name), spec.name
+    assert predict_request(args) == PredictRequest(input="i", out="o")
+    with pytest.raises(UserError, match="--limit must be at least 1"):
+        predict_request(predict_parser().parse_args(["--input", "i", "--out", "o", "--limit", "0"]))

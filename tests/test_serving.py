@@ -66,7 +66,7 @@ def test_max_pixels_from_env(monkeypatch):
 
 
 def test_predictor_resizes_in_and_out_and_matches_predict_files(tmp_path):
-    from pipelines.predict import image_outputs
+    from pipelines.inference.prediction import image_outputs
     from sas_model.checkpoint import load_segmenter
 
     predictor = Predictor(load_segmenter(_checkpoint(tmp_path / "ckpt"), device="cpu"))
@@ -181,8 +181,9 @@ def test_gpu_request_of_the_inference_actors():
 
 
 def test_actors_pass_the_gpu_request_to_ray_data(monkeypatch, tmp_path):
-    """predict.run hands ``num_gpus`` to ``map_batches`` when the cluster has GPUs (faked here)."""
+    """prediction.run hands ``num_gpus`` to ``map_batches`` when the cluster has GPUs (faked here)."""
     from pipelines import predict
+    from pipelines.inference import prediction
 
     seen = {}
 
@@ -195,15 +196,16 @@ def test_actors_pass_the_gpu_request_to_ray_data(monkeypatch, tmp_path):
             return iter(())
 
     source = SimpleNamespace(uri="m", label="m")
-    monkeypatch.setattr(predict, "resolve_model", lambda uri, tracking: source)
-    monkeypatch.setattr(predict, "check_sampler_overrides", lambda s, o: None)
-    monkeypatch.setattr(predict, "list_inputs", lambda *a: ("", [], []))
-    monkeypatch.setattr(predict, "init_ray", lambda: "embedded")
-    monkeypatch.setattr(predict, "cluster_gpus", lambda: 2.0)
-    monkeypatch.setattr(predict, "image_dataset", lambda *a: (FakeDataset(), 0))
+    monkeypatch.setattr(prediction, "resolve_model", lambda uri, tracking: source)
+    monkeypatch.setattr(prediction, "check_sampler_overrides", lambda s, o: None)
+    monkeypatch.setattr(prediction, "list_inputs", lambda *a: ("", [], []))
+    monkeypatch.setattr(prediction, "init_ray", lambda: "embedded")
+    monkeypatch.setattr(prediction, "cluster_gpus", lambda: 2.0)
+    monkeypatch.setattr(prediction, "image_dataset", lambda *a: (FakeDataset(), 0))
     args = predict.build_parser().parse_args(["--model", "m", "--input", "x", "--out", str(tmp_path / "o")])
-    with pytest.raises(predict.UserError, match="none of the 0 inputs"):
-        predict.run(args)  # nothing to read in the fake dataset; the request was made before
+    # nothing to read in the fake dataset; the request to Ray Data was made before
+    with pytest.raises(prediction.UserError, match="none of the 0 inputs"):
+        prediction.run(predict.request_from_args(args))
     assert seen["num_gpus"] == 1 and seen["num_cpus"] == 1
 
 

@@ -1,7 +1,9 @@
-"""What ``pipelines/evaluate.py`` is asked to do and what it returns, typed.
+"""What ``pipelines/evaluate.py`` and ``pipelines/predict.py`` are asked to do (and what an evaluation
+returns), typed.
 
-``EvalRequest`` is built once from the command line (``evaluate.request_from_args``) and validated
-there; below the entry script only it travels (``inference.evaluation``, ``inference.eval_report``).
+A request is built once from the command line (``evaluate.request_from_args``,
+``predict.request_from_args``) and validated there; below the entry script only it travels
+(``inference.evaluation``, ``inference.eval_report``, ``inference.prediction``).
 Its field defaults are the flags' defaults (``field_default``), so each default has one home.
 """
 
@@ -97,3 +99,32 @@ class EvalResult:
     files: list[Path] = field(default_factory=list)
     mlflow_run_id: str | None = None
     seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One batch prediction: the model (None: the champion, else the shipped model), the inputs, the
+    output folder, the sampler overrides and the actors."""
+
+    input: str
+    out: str
+    model: str | None = None
+    limit: int | None = None
+    s3_endpoint: str | None = None
+    sampler: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    gpus_per_worker: float | None = None
+    progress_every: int = 0
+    workers: int = 1
+    batch: int = 16
+    mlflow_uri: str | None = None
+
+    def validate(self) -> PredictRequest:
+        """Itself, or a one-line ``UserError`` naming the flag to fix."""
+        if self.workers < 1 or self.batch < 1:
+            raise UserError("--workers and --batch must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise UserError("--limit must be at least 1")
+        if self.progress_every < 0:
+            raise UserError("--progress-every must not be negative")
+        return self
