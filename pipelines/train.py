@@ -146,28 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> Any:
     """ModelConfig from the preset (name or JSON file), ``--set`` overrides and ``--steps/--batch``."""
-    from sas_model.config import ModelConfig
+    from pipelines.training.config import model_config
 
-    try:
-        if args.preset.endswith(".json") or Path(args.preset).is_file():
-            if not Path(args.preset).is_file():
-                raise UserError(f"preset file {args.preset} does not exist")
-            cfg = ModelConfig.load(args.preset)
-        else:
-            cfg = ModelConfig.preset(args.preset)
-        overrides = dict(args.overrides)
-        if args.steps is not None:
-            overrides["train.steps"] = args.steps
-        if args.batch is not None:
-            overrides["train.batch_size"] = args.batch
-        if overrides:
-            cfg = cfg.replace(**overrides)
-        cfg.validate()
-    except UserError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"bad config ({args.preset}): {exc}") from None
-    return cfg
+    return model_config(args.preset, dict(args.overrides), args.steps, args.batch)
 
 
 def build_run_config(args: argparse.Namespace, data_path: str, storage: str) -> RunConfig:

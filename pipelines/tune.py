@@ -118,10 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 # ---- set-up (no Ray) ---------------------------------------------------------------------------
 def _base_configs(args: argparse.Namespace) -> tuple[Any, Any]:
     """``(trial_base, preset_base)``: the preset + ``--set``, with and without the per-trial step budget."""
-    from pipelines import train as train_cli
+    from pipelines.training.config import model_config
 
-    base_args = argparse.Namespace(preset=args.preset, overrides=args.overrides, steps=None, batch=None)
-    preset_base = train_cli.build_config(base_args)
+    preset_base = model_config(args.preset, dict(args.overrides))
     trial_base = preset_base.replace(**{"train.max_steps": args.max_steps}) if args.max_steps else preset_base
     return trial_base, preset_base
 
@@ -389,7 +388,7 @@ def _run(args: argparse.Namespace) -> int:
         ),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup), TRIAL_DRIVER_RESOURCES)
-    tune_storage, tune_fs = trainer._storage(storage)
+    tune_storage, tune_fs = trainer.storage_location(storage)
     started = time.time()
     if resuming and tune.Tuner.can_restore(exp_dir, storage_filesystem=tune_fs):
         tuner = tune.Tuner.restore(

@@ -4,6 +4,7 @@ in its params, and trials derived with ``replace``."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,34 @@ def test_train_cli_rejects_zero_counts_instead_of_clamping_them(flag):
     args = train.build_parser().parse_args(["--data", "d", flag, "0"])
     with pytest.raises(train.UserError, match=f"{flag} must be at least 1"):
         train.build_run_config(args, "d", "runs")
+
+
+def test_model_config_is_the_one_builder_of_a_runs_model(tmp_path):
+    from pipelines.training.config import model_config
+
+    cfg = model_config("tiny", {"train.lr": 1e-3}, steps=7, batch=8)
+    assert (cfg.train.lr, cfg.train.steps, cfg.train.batch_size) == (1e-3, 7, 8)
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    assert model_config(str(path)).to_dict() == cfg.to_dict()
+    with pytest.raises(train.UserError, match="does not exist"):
+        model_config(str(tmp_path / "missing.json"))
+    with pytest.raises(train.UserError, match=r"bad config \(tiny\)"):
+        model_config("tiny", {"train.lr": -1.0})
+
+
+def test_no_library_or_tool_imports_an_entry_script():
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    entry = r"(train|tune|evaluate|predict|main_job|demo|pretrain)"
+    pattern = re.compile(
+        rf"^\s*(from pipelines import {entry}\b|from pipelines\.{entry} import|import pipelines\.{entry}\b)"
+    )
+    offenders = [
+        f"{path.relative_to(repo)}:{n}"
+        for path in (repo / "pipelines").rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.match(line)
+    ]
+    assert offenders == []

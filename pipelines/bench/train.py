@@ -30,8 +30,10 @@ from typing import Any
 
 import torch
 
+from pipelines.cli.args import parse_override
 from pipelines.cli.env import apply_env_defaults
 from pipelines.cli.files import resolve_local_or_remote
+from pipelines.training.config import RunConfig, model_config
 from synth.cli import UserError, fail, parse_number
 from synth.ray_runtime import init_ray
 
@@ -84,33 +86,20 @@ def ray_run(
     """``train_loop_per_worker`` under TorchTrainer; returns its steady-state throughput numbers."""
     import ray
 
-    from pipelines import train
     from pipelines.training import data, trainer
 
-    argv = [
-        "--data",
-        data_path,
-        "--preset",
-        preset,
-        "--workers",
-        str(workers),
-        "--steps",
-        str(steps),
-        "--val-every",
-        "0",
-        "--ckpt-every",
-        str(steps),
-        "--log-every",
-        "5",
-        "--max-failures",
-        "0",
-    ]
-    if batch:
-        argv += ["--batch", str(batch)]
-    for item in overrides:
-        argv += ["--set", item]
-    args = train.build_parser().parse_args([*argv, "--name", f"bench-{workers}w", "--shuffle", shuffle])
-    run = train.build_run_config(args, data_path, storage)
+    run = RunConfig(
+        model=model_config(preset, dict(parse_override(item) for item in overrides), steps, batch or None),
+        data_path=data_path,
+        name=f"bench-{workers}w",
+        storage=storage,
+        workers=workers,
+        val_every=0,
+        ckpt_every=steps,
+        log_every=5,
+        max_failures=0,
+        shuffle=shuffle,
+    ).validate()
     total_cpus = float(ray.cluster_resources().get("CPU", 1))
     cpus = trainer.cpus_per_worker(total_cpus, workers, False)
     run = run.replace(
@@ -167,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = (f"train.precision={args.precision}",) if args.precision else ()
 
-    from pipelines import train
     from pipelines.training import data
 
     data_path = resolve_local_or_remote(args.data)
@@ -176,12 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         fail(str(exc))
     results: dict[str, Any] = {"cpus": os.cpu_count(), "torch": torch.__version__}
-    train_args = train.build_parser().parse_args(
-        ["--data", data_path, "--preset", args.preset, "--steps", str(args.steps)]
-        + (["--batch", str(args.batch)] if args.batch else [])
-        + [arg for item in overrides for arg in ("--set", item)]
+    cfg = model_config(
+        args.preset, dict(parse_override(item) for item in overrides), args.steps, args.batch or None
     )
-    cfg = train.build_config(train_args)
     results["global_batch"] = int(cfg.train.batch_size)
     torch.set_num_threads(os.cpu_count() or 1)
     results["bare"] = bare_loop(data_path, cfg, args.steps, args.warmup)

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sas_model.config import ModelConfig
+from synth.cli import UserError
 
 SHUFFLES = ("buffer", "global")
 CACHES = ("auto", "on", "off")
@@ -33,6 +35,33 @@ LAUNCH_FIELDS = (
     "fail_once_marker",
     "inject_nan_from_step",
 )
+
+
+def model_config(
+    preset: str, overrides: dict[str, Any] | None = None, steps: int | None = None, batch: int | None = None
+) -> ModelConfig:
+    """The model config a run trains: the preset (a name or a JSON file), then ``overrides``
+    (``--set``), then ``steps`` / ``batch`` when given; validated (one-line ``UserError``)."""
+    try:
+        if preset.endswith(".json") or Path(preset).is_file():
+            if not Path(preset).is_file():
+                raise UserError(f"preset file {preset} does not exist")
+            cfg = ModelConfig.load(preset)
+        else:
+            cfg = ModelConfig.preset(preset)
+        changes = dict(overrides or {})
+        if steps is not None:
+            changes["train.steps"] = steps
+        if batch is not None:
+            changes["train.batch_size"] = batch
+        if changes:
+            cfg = cfg.replace(**changes)
+        cfg.validate()
+    except UserError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"bad config ({preset}): {exc}") from None
+    return cfg
 
 
 @dataclass(frozen=True)

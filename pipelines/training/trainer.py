@@ -41,7 +41,7 @@ def fit(
 
     from pipelines.training.worker import train_loop_per_worker
 
-    storage_path, storage_filesystem = _storage(run.storage)
+    storage_path, storage_filesystem = storage_location(run.storage)
     # Ray Train hands this variable from the driver to its controller; a value the user exported wins.
     os.environ.setdefault(HEALTH_CHECK_TIMEOUT_ENV, str(run.health_check_timeout_s))
     trainer = TorchTrainer(
@@ -80,7 +80,7 @@ class _FailedResult:
         self.return_value = None
 
 
-def _storage(storage: str) -> tuple[str, Any]:
+def storage_location(storage: str) -> tuple[str, Any]:
     """``(storage_path, filesystem)`` for ``RunConfig``: local paths as-is, ``s3://`` via pyarrow."""
     if storage.startswith("s3://"):
         from synth.reader import open_filesystem

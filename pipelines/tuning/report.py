@@ -320,7 +320,7 @@ def _register(best: dict[str, Any], args: Any, setup: dict[str, Any], metric: st
     from pipelines.training import data, trainer
 
     path, filesystem = (
-        trainer._storage(best["checkpoint_path"])
+        trainer.storage_location(best["checkpoint_path"])
         if "://" in best["checkpoint_path"]
         else (best["checkpoint_path"], None)
     )
