@@ -214,10 +214,10 @@ def test_train_step_updates_model_and_ema_and_skips_non_finite_losses():
     step = TrainStep(model, make_optimizer(model, 0.1, 0.0), ema, torch.device("cpu"), "fp32", 1.0)
     result = step(_toy_batch(), lr=0.1)
     assert result.finite and result.logs == {"toy": 1.0} and float(result.loss) == 1.0
-    assert float(model.w) < 1.0 and ema.num_updates == 1  # AdamW moved w; the EMA followed
-    before = float(model.w)
+    assert float(model.w.detach()) < 1.0 and ema.num_updates == 1  # AdamW moved w; the EMA followed
+    before = float(model.w.detach())
     skipped = step(_toy_batch(), lr=0.1, poison=True)
-    assert not skipped.finite and float(model.w) == before and ema.num_updates == 1
+    assert not skipped.finite and float(model.w.detach()) == before and ema.num_updates == 1
     assert step.optimizer.param_groups[0]["lr"] == 0.1 and step.precision_label() == "fp32"
 
 
