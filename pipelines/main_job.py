@@ -1,6 +1,6 @@
 """The main job, end to end on the embedded default (local Ray, local MLflow, local disk).
 
-    python pipelines/main_job.py                 # ~25 min on 2 CPU cores
+    python pipelines/main_job.py                 # ~20 min on 2 CPU cores (AVX512-BF16)
     python pipelines/main_job.py --minutes 3 --scenes 4000   # a quick smoke run
 
 Stages, each one the project's own command run as a subprocess (so each gets a fresh Ray):
