@@ -35,7 +35,7 @@ from functools import partial
 
 from pipelines.cli.env import apply_env_defaults
 from pipelines.inference.options import add_model_args, add_resource_args, add_sampler_args, sampler_overrides
-from pipelines.inference.request import EvalRequest, field_default
+from pipelines.inference.request import EvalRequest, field_default, request_from_flags
 from synth.cli import UserError, fail, parse_number
 
 D = partial(field_default, EvalRequest)  # a flag's default is the request field's
@@ -89,30 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace) -> EvalRequest:
     """The typed request the flags describe (validated: one-line ``UserError`` on a bad value)."""
-    return EvalRequest(
+    flags = vars(args)
+    return request_from_flags(
+        EvalRequest,
+        flags,
         models=tuple(args.model),
-        data=args.data,
-        split=args.split,
-        limit=args.limit,
-        out=args.out,
-        s3_endpoint=args.s3_endpoint,
-        coco_out=args.coco_out,
-        sampler=sampler_overrides(vars(args)),
-        seed=args.seed,
-        gpus_per_worker=args.gpus_per_worker,
-        progress_every=args.progress_every,
+        sampler=sampler_overrides(flags),
         teacher_forced=not args.no_teacher_forced,
-        sweep_passes=args.sweep_passes,
-        sweep=args.sweep,
-        sweep_limit=args.sweep_limit,
-        workers=args.workers,
-        batch=args.batch,
-        sheet_rows=args.sheet_rows,
-        experiment=args.experiment,
-        run_name=args.run_name,
         mlflow=not args.no_mlflow,
-        mlflow_uri=args.mlflow_uri,
-    ).validate()
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from functools import partial
 
 from pipelines.cli.env import apply_env_defaults
 from pipelines.inference.options import add_model_args, add_resource_args, add_sampler_args, sampler_overrides
-from pipelines.inference.request import PredictRequest, field_default
+from pipelines.inference.request import PredictRequest, field_default, request_from_flags
 from synth.cli import UserError, fail, parse_number
 
 D = partial(field_default, PredictRequest)  # a flag's default is the request field's
@@ -68,20 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def request_from_args(args: argparse.Namespace) -> PredictRequest:
     """The typed request the flags describe (validated: one-line ``UserError`` on a bad value)."""
-    return PredictRequest(
-        model=args.model,
-        input=args.input,
-        out=args.out,
-        limit=args.limit,
-        s3_endpoint=args.s3_endpoint,
-        sampler=sampler_overrides(vars(args)),
-        seed=args.seed,
-        gpus_per_worker=args.gpus_per_worker,
-        progress_every=args.progress_every,
-        workers=args.workers,
-        batch=args.batch,
-        mlflow_uri=args.mlflow_uri,
-    ).validate()
+    flags = vars(args)
+    return request_from_flags(
+        PredictRequest,
+        flags,
+        sampler=sampler_overrides(flags),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

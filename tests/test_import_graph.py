@@ -121,12 +121,24 @@ def test_pipelines_sub_packages_import_only_downwards():
     assert upward == []
 
 
+ENTRY_POINTS = {"train", "tune", "evaluate", "predict", "main_job", "demo", "pretrain"}
+
+
+def test_no_module_imports_an_entry_script():
+    """Entry scripts are run, not imported: libraries, tools and other entry scripts call what the
+    scripts call (even from inside a function)."""
+    scripts = {f"pipelines.{name}" for name in ENTRY_POINTS}
+    importing = sorted(
+        (name, target) for name, targets in _edges(_modules()).items() for target in targets & scripts
+    )
+    assert importing == []
+
+
 def test_every_pipelines_module_lives_in_a_known_place():
-    entry_points = {"train", "tune", "evaluate", "predict", "main_job", "demo", "pretrain"}
     for name in _modules():
         parts = name.split(".")
         if parts[0] == "pipelines" and len(parts) > 1:
-            assert parts[1] in entry_points or parts[1] in (*PIPELINES_LAYERS, "bench"), name
+            assert parts[1] in ENTRY_POINTS or parts[1] in (*PIPELINES_LAYERS, "bench"), name
 
 
 def test_no_module_edits_sys_path():

@@ -4,7 +4,6 @@ in its params, and trials derived with ``replace``."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -83,20 +82,3 @@ def test_model_config_is_the_one_builder_of_a_runs_model(tmp_path):
         model_config(str(tmp_path / "missing.json"))
     with pytest.raises(train.UserError, match=r"bad config \(tiny\)"):
         model_config("tiny", {"train.lr": -1.0})
-
-
-def test_no_library_or_tool_imports_an_entry_script():
-    import re
-
-    repo = Path(__file__).resolve().parents[1]
-    entry = r"(train|tune|evaluate|predict|main_job|demo|pretrain)"
-    pattern = re.compile(
-        rf"^\s*(from pipelines import {entry}\b|from pipelines\.{entry} import|import pipelines\.{entry}\b)"
-    )
-    offenders = [
-        f"{path.relative_to(repo)}:{n}"
-        for path in (repo / "pipelines").rglob("*.py")
-        for n, line in enumerate(path.read_text().splitlines(), 1)
-        if pattern.match(line)
-    ]
-    assert offenders == []
