@@ -55,16 +55,15 @@ def heat_map(values: np.ndarray) -> np.ndarray:
     return (255 * ramp).astype(np.uint8)
 
 
-def render_overlay(
+def overlay_panels(
     image: np.ndarray,
     layer_masks: np.ndarray,
     uncertainty: np.ndarray,
     outlines: list[np.ndarray] | None = None,
-    gap: int = 2,
-) -> np.ndarray:
-    """Side-by-side ``uint8 [H, 2W + gap, 3]``: left, layers tinted over the image (object outlines in
-    white); right, the per-pixel ensemble variance (max over layers, scaled so 0.25 = white) over a dimmed
-    greyscale image."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two ``uint8 [H, W, 3]`` panels: the layers tinted over the image (object outlines in white), and
+    the per-pixel ensemble variance (max over layers, scaled so 0.25 = white) over a dimmed greyscale
+    image."""
     h, w = image.shape[:2]
     left = tint_layers(image, layer_masks)
     for mask in outlines or []:
@@ -74,6 +73,19 @@ def render_overlay(
     unc = uncertainty.max(0) / 0.25 if len(uncertainty) else np.zeros((h, w), np.float32)
     heat = heat_map(unc).astype(np.float32)
     right = np.where(unc[..., None] > 0, 0.3 * grey + 0.7 * heat, grey).clip(0, 255).astype(np.uint8)
+    return left, right
+
+
+def render_overlay(
+    image: np.ndarray,
+    layer_masks: np.ndarray,
+    uncertainty: np.ndarray,
+    outlines: list[np.ndarray] | None = None,
+    gap: int = 2,
+) -> np.ndarray:
+    """Side-by-side ``uint8 [H, 2W + gap, 3]``: the two :func:`overlay_panels` with a white gap."""
+    h, w = image.shape[:2]
+    left, right = overlay_panels(image, layer_masks, uncertainty, outlines)
     canvas = np.full((h, 2 * w + gap, 3), 255, dtype=np.uint8)
     canvas[:, :w], canvas[:, w + gap :] = left, right
     return canvas

@@ -63,6 +63,19 @@ class SegmentationResult:
             "stop_reason": self.stop_reason,
         }
 
+    def overlay_panels(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(prediction, uncertainty)``, each ``uint8 [H, W, 3]``: layers tinted over ``image`` with
+        object outlines, and the uncertainty heat map (``overlay.overlay_panels``)."""
+        return overlay.overlay_panels(
+            image, self.layer_masks, self.uncertainty, outlines=[o.amodal_mask for o in self.objects]
+        )
+
+    def comparison_panels(self, image: np.ndarray, true_layers: np.ndarray) -> list[np.ndarray]:
+        """``[image, true layers tinted, prediction, uncertainty]``, each ``uint8 [H, W, 3]``: one row of
+        the overlay sheets (evaluation, validation, the model card)."""
+        truth = overlay.tint_layers(image, np.asarray(true_layers, bool))
+        return [image, truth, *self.overlay_panels(image)]
+
     def render_overlay(self, image: np.ndarray) -> np.ndarray:
         """``uint8 [H, 2W+2, 3]``: layers tinted over ``image``, object outlines | uncertainty heat map."""
         return overlay.render_overlay(

@@ -155,6 +155,9 @@ def test_layers_split_into_objects_with_visible_masks_and_occlusion_edges() -> N
     assert objects[0].bbox == (2, 2, 10, 10) and objects[0].score == 1.0
     overlay = result.render_overlay(images(1)[0])
     assert overlay.shape == (SIZE, 2 * SIZE + 2, 3) and overlay.dtype == np.uint8
+    panels = result.comparison_panels(images(1)[0], result.layer_masks)  # one row of every overlay sheet
+    assert [p.shape for p in panels] == [(SIZE, SIZE, 3)] * 4  # a sheet tiles W-wide panels: none cut off
+    assert np.array_equal(overlay[:, :SIZE], panels[2]) and np.array_equal(overlay[:, SIZE + 2 :], panels[3])
     encoded = result.to_dict()
     assert (
         encoded["num_layers"] == 3 and len(encoded["objects"]) == 5 and isinstance(encoded["layers"][0], str)

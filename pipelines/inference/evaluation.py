@@ -115,12 +115,8 @@ class SceneScorer:
 
 def _strip_png(scene: Any, result: Any) -> bytes:
     from sas_model.codec import encode_png
-    from sas_model.overlay import tint_layers
 
-    w = scene.image.shape[1]
-    overlay = result.render_overlay(scene.image)  # [H, 2W + 2, 3]: prediction | uncertainty
-    panels = [scene.image, tint_layers(scene.image, scene.layer_masks), overlay[:, :w], overlay[:, w + 2 :]]
-    return encode_png(np.concatenate(panels, axis=1))
+    return encode_png(np.concatenate(result.comparison_panels(scene.image, scene.layer_masks), axis=1))
 
 
 def sweep_settings(text: str | None) -> list[tuple[str, dict[str, Any]]]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sas_model.overlay import overlay_sheet, save_png, tint_layers
+from sas_model.overlay import overlay_sheet, save_png
 
 ROWS = (
     ("iou_free/layer0", "layer-0 IoU (free-running)"),
@@ -158,10 +158,7 @@ def example_sheet(segmenter: Any, scenes: list, path: Path, scale: int = 3) -> P
     """A picture of what the model does: one row per scene, image | true layers | predicted layers
     with object outlines | uncertainty, front layer first (the README's first screen shows it)."""
     results = segmenter.segment(np.stack([s.image for s in scenes]), seed=0)
-    rows = []
-    for scene, result in zip(scenes, results, strict=True):
-        width = scene.image.shape[1]
-        overlay = result.render_overlay(scene.image)  # prediction | gap | uncertainty
-        truth = tint_layers(scene.image, np.asarray(scene.layer_masks, bool))
-        rows.append([scene.image, truth, overlay[:, :width], overlay[:, -width:]])
+    rows = [
+        result.comparison_panels(s.image, s.layer_masks) for s, result in zip(scenes, results, strict=True)
+    ]
     return save_png(path, overlay_sheet(rows, scale=scale))

@@ -25,7 +25,7 @@ import torch
 
 from pipelines.training.worker_log import say
 from sas_model.metrics import mask_iou
-from sas_model.overlay import overlay_sheet, tint_layers
+from sas_model.overlay import overlay_sheet
 from synth.reader import collate_samples
 
 
@@ -152,11 +152,8 @@ class Validator:
         """The free-running segmenter on ``free_scenes``, scored by ``metrics_report`` (the same
         definitions as ``evaluate.py``), plus an overlay sheet of the first 8."""
         summary, results = free_running_summary(segmenter, self.free_scenes, 0, self.sampler_overrides)
-        rows = []
-        for scene, result in zip(self.free_scenes[:8], results, strict=False):
-            layers = np.asarray(scene.layer_masks).astype(bool)
-            overlay = np.asarray(result.render_overlay(scene.image))
-            rows.append([scene.image, tint_layers(scene.image, layers), overlay])
+        shown = zip(self.free_scenes[:8], results, strict=False)  # the first 8 of the segmented scenes
+        rows = [result.comparison_panels(scene.image, scene.layer_masks) for scene, result in shown]
         metrics = {
             f"val/iou_free/layer{k}": summary[f"iou_free/layer{k}"]
             for k in range(8)
