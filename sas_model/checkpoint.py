@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from sas_model.config import ModelConfig
 from sas_model.model import SASModel
+from sas_model.segmenter import SequentialSegmenter
 
 FORMAT_VERSION = 1
 CONFIG_FILE, MODEL_FILE, EMA_FILE, META_FILE = (
@@ -97,10 +98,8 @@ def load_segmenter(
     use_ema: bool = True,
     device: str | torch.device | None = None,
     **sampler_overrides: Any,
-) -> Any:
+) -> SequentialSegmenter:
     """``SequentialSegmenter`` over the checkpoint's model; overrides patch the saved sampler config."""
-    from sas_model.segmenter import SequentialSegmenter
-
     model = load_model(directory, use_ema=use_ema, device=device)
     sampler_cfg = model.cfg.replace(**{f"sampler.{k}": v for k, v in sampler_overrides.items()}).sampler
     return SequentialSegmenter(model, sampler_cfg=sampler_cfg, device=device)

@@ -31,6 +31,16 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Dotted names kept for callers written against earlier wording: alias -> field.
 _ALIASES = {"train.steps": "train.max_steps"}
 
+# Run settings that ``TrainConfig`` once held; their one home is now the run
+# (``pipelines.training.config.RunConfig``), set by these flags. Configs written before (checkpoints'
+# ``config.json``, the shipped model, saved presets) still carry them: ``from_dict`` / ``load`` drop
+# them, so those configs load unchanged; ``replace`` (``--set``) refuses them, naming the flag.
+RETIRED_RUN_KEYS = {
+    "train.val_every": "--val-every",
+    "train.ckpt_every": "--ckpt-every",
+    "train.seed": "--seed",
+}
+
 
 @dataclass
 class UNetConfig:
@@ -144,7 +154,8 @@ class SamplerConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation; read by ``pipelines/train.py``."""
+    """Optimisation; read by ``pipelines/train.py``. How often to validate and checkpoint and the data
+    seed are the run's (``RETIRED_RUN_KEYS``)."""
 
     lr: float = 2e-4
     weight_decay: float = 0.0
@@ -153,11 +164,8 @@ class TrainConfig:
     max_steps: int = 2000
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    ckpt_every: int = 500
-    val_every: int = 500
     cmask_noise_p: float = 0.0  # probability of perturbing the cumulative-mask input (robustness)
     hflip: bool = True
-    seed: int = 0
     # Autocast dtype for the training forward pass: "auto" = bf16 on a GPU that has it (else fp16) and
     # on a CPU with native bf16 instructions (AVX512-BF16/AMX; 1.46x the samples/s of fp32 for tiny
     # on this project's 2-core box, docs/RESULTS.md), else fp32. See sas_model/precision.py.
@@ -201,8 +209,9 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Inverse of ``to_dict``; unknown keys raise ``ValueError``, missing keys take defaults."""
-        return _build(cls, data, "")
+        """Inverse of ``to_dict``; unknown keys raise ``ValueError``, missing keys take defaults, and
+        the retired run settings (``RETIRED_RUN_KEYS``) of older configs are dropped."""
+        return _build(cls, _without_retired_keys(data), "")
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -227,6 +236,11 @@ class ModelConfig:
         data = self.to_dict()
         for dotted, value in overrides.items():
             dotted = _ALIASES.get(dotted, dotted)
+            if dotted in RETIRED_RUN_KEYS:
+                raise ValueError(
+                    f"config key {dotted!r} is a run setting now, not a model one: "
+                    f"use the run flag {RETIRED_RUN_KEYS[dotted]}"
+                )
             parts = dotted.split(".")
             node: Any = data
             for part in parts[:-1]:
@@ -251,21 +265,37 @@ class ModelConfig:
 
     def validate(self) -> ModelConfig:
         """Raise a one-line ``ValueError`` for an inconsistent config; returns ``self``."""
-        u, d, s, t = self.unet, self.diffusion, self.sampler, self.train
+        self._check_choices()
+        self._check_noise_schedule()
+        self._check_unet_shape()
+        self._check_ranges()
+        self._check_loss_weights()
+        self._check_order()
+        self._check_cues()
+        return self
+
+    def _check_choices(self) -> None:
+        d, s = self.diffusion, self.sampler
         _choice("diffusion.mode", d.mode, MODES)
         _choice("diffusion.beta_schedule", d.beta_schedule, BETA_SCHEDULES)
         _choice("diffusion.prediction_type", d.prediction_type, PREDICTION_TYPES)
         _choice("diffusion.timestep_sampling", d.timestep_sampling, TIMESTEP_SAMPLING)
         _choice("sampler.name", s.name, SAMPLERS)
         _choice("sampler.consensus", s.consensus, CONSENSUS)
-        _choice("train.precision", t.precision, PRECISIONS)
+        _choice("train.precision", self.train.precision, PRECISIONS)
         _choice("sampler.precision", s.precision, PRECISIONS)
+
+    def _check_noise_schedule(self) -> None:
+        d, s = self.diffusion, self.sampler
         if d.zero_terminal_snr and d.prediction_type == "epsilon" and d.mode == "diffusion":
             raise ValueError("zero_terminal_snr needs prediction_type 'v' or 'x0' (ε is undefined at SNR 0)")
         if d.num_timesteps < 2:
             raise ValueError(f"diffusion.num_timesteps must be >= 2, got {d.num_timesteps}")
         if not 1 <= s.steps <= d.num_timesteps:
             raise ValueError(f"sampler.steps must be in 1..{d.num_timesteps} (num_timesteps), got {s.steps}")
+
+    def _check_unet_shape(self) -> None:
+        u = self.unet
         if u.stem_stride not in (1, 2):
             raise ValueError(f"unet.stem_stride must be 1 or 2, got {u.stem_stride}")
         if not u.channel_mults or min(u.channel_mults) < 1 or u.base_channels < 1 or u.num_res_blocks < 1:
@@ -280,6 +310,9 @@ class ModelConfig:
             raise ValueError(
                 f"unet.attention_resolutions {bad} are not UNet feature sizes {sorted(resolutions)}"
             )
+
+    def _check_ranges(self) -> None:
+        u, d, s, t = self.unet, self.diffusion, self.sampler, self.train
         positive = {
             "diffusion.mask_scale": d.mask_scale,
             "sampler.ensemble_size": s.ensemble_size,
@@ -300,6 +333,9 @@ class ModelConfig:
         }.items():
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{key} must be in [0, 1], got {value}")
+
+    def _check_loss_weights(self) -> None:
+        d = self.diffusion
         if (
             min(d.mse_weight, d.bce_weight, d.dice_weight) < 0
             or d.mse_weight + d.bce_weight + d.dice_weight == 0
@@ -311,30 +347,43 @@ class ModelConfig:
             raise ValueError(f"diffusion.foreground_weight must be >= 0, got {d.foreground_weight}")
         if d.timestep_bias < 0:
             raise ValueError(f"diffusion.timestep_bias must be >= 0, got {d.timestep_bias}")
+
+    def _check_order(self) -> None:
         o = self.order
-        if o.enabled:
-            if not 2 <= o.max_layers <= 16:
-                raise ValueError(f"order.max_layers must be in 2..16, got {o.max_layers}")
-            if o.unet.stem_stride not in (1, 2) or not o.unet.channel_mults or min(o.unet.channel_mults) < 1:
-                raise ValueError("order.unet needs stem_stride 1 or 2 and positive channel_mults")
-            factor = o.unet.stem_stride * 2 ** (len(o.unet.channel_mults) - 1)
-            if self.image_size % factor:
-                raise ValueError(
-                    f"image_size {self.image_size} is not divisible by order.unet's factor {factor}"
-                )
-            if min(o.weight, o.object_weight) < 0:
-                raise ValueError("order.weight and order.object_weight must be >= 0")
-        c = self.cues
-        if c.enabled or (o.enabled and o.use_cues):
-            if c.query_stride not in (2, 4):
-                raise ValueError(f"cues.query_stride must be 2 or 4, got {c.query_stride}")
-            if min(c.width, c.depth, c.embed_dim, len(c.dilations), len(c.similarity_dilations)) < 1:
-                raise ValueError("cues.width, depth, embed_dim and the dilation lists must be positive")
-            if self.image_size % (2 * c.query_stride):
-                raise ValueError(
-                    f"image_size {self.image_size} must be divisible by {2 * c.query_stride} (cues)"
-                )
-        return self
+        if not o.enabled:
+            return
+        if not 2 <= o.max_layers <= 16:
+            raise ValueError(f"order.max_layers must be in 2..16, got {o.max_layers}")
+        if o.unet.stem_stride not in (1, 2) or not o.unet.channel_mults or min(o.unet.channel_mults) < 1:
+            raise ValueError("order.unet needs stem_stride 1 or 2 and positive channel_mults")
+        factor = o.unet.stem_stride * 2 ** (len(o.unet.channel_mults) - 1)
+        if self.image_size % factor:
+            raise ValueError(f"image_size {self.image_size} is not divisible by order.unet's factor {factor}")
+        if min(o.weight, o.object_weight) < 0:
+            raise ValueError("order.weight and order.object_weight must be >= 0")
+
+    def _check_cues(self) -> None:
+        c, o = self.cues, self.order
+        if not (c.enabled or (o.enabled and o.use_cues)):
+            return
+        if c.query_stride not in (2, 4):
+            raise ValueError(f"cues.query_stride must be 2 or 4, got {c.query_stride}")
+        if min(c.width, c.depth, c.embed_dim, len(c.dilations), len(c.similarity_dilations)) < 1:
+            raise ValueError("cues.width, depth, embed_dim and the dilation lists must be positive")
+        if self.image_size % (2 * c.query_stride):
+            raise ValueError(f"image_size {self.image_size} must be divisible by {2 * c.query_stride} (cues)")
+
+
+def _without_retired_keys(data: Any) -> Any:
+    """``data`` without ``RETIRED_RUN_KEYS`` (a shallow copy when it had any): configs written while
+    ``TrainConfig`` held the run's validation/checkpoint cadence and seed load as if they never had."""
+    train = data.get("train") if isinstance(data, dict) else None
+    if not isinstance(train, dict):
+        return data
+    retired = {key.partition(".")[2] for key in RETIRED_RUN_KEYS}
+    if not retired & set(train):
+        return data
+    return {**data, "train": {k: v for k, v in train.items() if k not in retired}}
 
 
 def _choice(key: str, value: str, options: tuple[str, ...]) -> None:

@@ -28,6 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
+from sas_model.codec import encode_png, mask_to_b64png
+from sas_model.overlay import heat_map, render_overlay
 
 MAX_PIXELS_ENV = "SAS_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -49,8 +53,6 @@ def max_pixels_from_env(default: int | None = DEFAULT_MAX_PIXELS) -> int | None:
 
 # ---- decoding -------------------------------------------------------------------------------------
 def _to_rgb(image: Any) -> np.ndarray:
-    from PIL import Image
-
     mode = image.mode
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
@@ -73,8 +75,6 @@ def _to_rgb(image: Any) -> np.ndarray:
 def decode_image(data: bytes, max_pixels: int | None = None) -> np.ndarray:
     """Image file bytes → ``uint8 [H,W,3]`` RGB; ``ValueError`` (one line) when it is not an image,
     is empty, or has more than ``max_pixels`` pixels."""
-    from PIL import Image
-
     if not data:
         raise ValueError("empty input: no image bytes")
     try:
@@ -108,8 +108,6 @@ def _reason(exc: Exception) -> str:
 # ---- resizing -------------------------------------------------------------------------------------
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     """``uint8 [H,W,3]`` → ``uint8 [size,size,3]`` (bilinear, aspect ratio not kept)."""
-    from PIL import Image
-
     if image.shape[:2] == (size, size):
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
@@ -122,8 +120,6 @@ def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def resize_float(values: np.ndarray, height: int, width: int) -> np.ndarray:
     """``float [h,w]`` → ``float32 [height,width]`` (bilinear)."""
-    from PIL import Image
-
     values = np.asarray(values, dtype=np.float32)
     if values.shape == (height, width):
         return values
@@ -211,8 +207,6 @@ class Prediction:
 
     def overlay(self) -> np.ndarray:
         """``uint8 [H, 2W+2, 3]``: layers tinted over the image with object outlines | uncertainty."""
-        from sas_model.overlay import render_overlay
-
         return render_overlay(
             self.image, self.layers, self.uncertainty, outlines=[o.amodal for o in self.objects]
         )
@@ -237,9 +231,6 @@ class Prediction:
 
     def files(self, meta: dict[str, Any] | None = None) -> dict[str, bytes]:
         """All of ``predict.py``'s files of one image (name → bytes)."""
-        from sas_model.codec import encode_png
-        from sas_model.overlay import heat_map
-
         files: dict[str, bytes] = {}
         for k, mask in enumerate(self.layers):
             files[f"layer_{k}.png"] = encode_png(mask.astype(np.uint8) * 255)
@@ -253,8 +244,6 @@ class Prediction:
     def to_dict(self, meta: dict[str, Any] | None = None) -> dict[str, Any]:
         """The served model's result (one JSON per image): ``SegmentationResult.to_dict``'s keys with
         every mask at the image's own size as a base64 PNG, plus sizes and per-object visible facts."""
-        from sas_model.codec import mask_to_b64png
-
         return {
             **(meta or {}),
             "height": self.height,

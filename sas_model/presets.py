@@ -56,8 +56,6 @@ TINY: dict[str, Any] = {
         "warmup_steps": 50,
         "max_steps": 5000,  # ~15 min on 2 cores with bf16 (0.18 s/step); a --minutes budget ends it sooner
         "ema_decay": 0.995,
-        "ckpt_every": 250,
-        "val_every": 250,
         "cmask_noise_p": 0.2,
     },
     # the order head (with its own occlusion-cue module) decides layers; the diffusion UNet completes
@@ -99,8 +97,6 @@ SMALL: dict[str, Any] = {
         "warmup_steps": 100,
         "max_steps": 4000,
         "ema_decay": 0.999,
-        "ckpt_every": 500,
-        "val_every": 500,
         "cmask_noise_p": 0.2,
     },
     "cues": {"enabled": False},
@@ -159,8 +155,6 @@ PAPER: dict[str, Any] = {
         "warmup_steps": 0,
         "max_steps": 100_000,
         "ema_decay": 0.9999,
-        "ckpt_every": 5000,
-        "val_every": 5000,
         "cmask_noise_p": 0.0,
     },
 }

@@ -26,7 +26,9 @@ from typing import Any
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import torch
 
+from sas_model.checkpoint import load_model, load_segmenter
 from sas_model.codec import encode_png, from_base64, to_base64
 from sas_model.predictor import Predictor, decode_image, max_pixels_from_env
 
@@ -67,10 +69,6 @@ class SASPyfuncModel(mlflow.pyfunc.PythonModel):
     """Loads the checkpoint directory from the model's artifacts; ``predict`` runs ``segment``."""
 
     def load_context(self, context: Any) -> None:
-        import torch
-
-        from sas_model.checkpoint import load_segmenter
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.segmenter = load_segmenter(context.artifacts[ARTIFACT_KEY], device=device)
         self.predictor = Predictor(self.segmenter, max_pixels=max_pixels_from_env())
@@ -118,8 +116,6 @@ def log_model(
     (built from ``input_image uint8 [H,W,3]`` when given). Returns MLflow's ``ModelInfo``."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
-
-    from sas_model.checkpoint import load_model
 
     cfg = load_model(checkpoint_dir, device="cpu").cfg
     if input_image is None:

@@ -1,6 +1,7 @@
 """The demo page (pipelines/demo.py): driven through Gradio's Python client, and end to end by a real
 headless Chromium (Debian's ``chromium`` + ``chromium-driver``, installed here when missing) that
-uploads an image and waits for the layer overlay. The server binds to 127.0.0.1."""
+uploads an image and waits for the layer overlay. The server binds to 127.0.0.1. Its options and flags
+are checked without Gradio."""
 
 from __future__ import annotations
 
@@ -19,10 +20,41 @@ import pytest
 from PIL import Image
 from train_support import free_port, random_checkpoint
 
-gr = pytest.importorskip("gradio", reason="the demo extra is not installed (pip install -e '.[demo]')")
+from pipelines import demo
+from pipelines.cli.flags import from_flags, mismatched_defaults
+from pipelines.inference.demo_app import DemoOptions
+from synth.cli import UserError
 
+NO_GRADIO = "the demo extra is not installed (pip install -e '.[demo]')"
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "docs" / "demo" / "examples"
+
+
+# ---- options and flags (no Gradio, no model) -----------------------------------------------------
+def test_each_demo_flag_default_has_one_home_on_demo_options():
+    assert mismatched_defaults(demo.build_parser(), DemoOptions) == []
+    args = demo.build_parser().parse_args(["--port", "7861", "--max-pixels", "0"])
+    options = from_flags(DemoOptions, vars(args))
+    assert (options.port, options.max_pixels, options.host, options.model) == (7861, 0, "127.0.0.1", None)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--port", "0"], "--port must be between 1 and 65535, got 0"),
+        (["--port", "70000"], "--port must be between 1 and 65535"),
+        (["--max-pixels", "-1"], "--max-pixels must be >= 0"),
+    ],
+)
+def test_a_bad_demo_flag_is_one_line_before_anything_loads(flags, message, capsys):
+    with pytest.raises(UserError, match=message) as raised:
+        from_flags(DemoOptions, vars(demo.build_parser().parse_args(flags)))
+    assert "\n" not in str(raised.value)
+    with pytest.raises(SystemExit) as exited:
+        demo.main(flags)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
 def _checkpoint(path: Path) -> str:
@@ -34,7 +66,8 @@ def _checkpoint(path: Path) -> str:
 @pytest.fixture(scope="module")
 def demo_url(tmp_path_factory):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    from pipelines.demo import DemoModel, build_demo
+    pytest.importorskip("gradio", reason=NO_GRADIO)
+    from pipelines.inference.demo_app import DemoModel, build_demo
     from sas_model.checkpoint import load_segmenter
     from sas_model.predictor import Predictor
 

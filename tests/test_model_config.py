@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,6 +112,36 @@ def test_unknown_keys_are_rejected() -> None:
         ModelConfig.from_dict({"unet": {"channels": 3}})
     with pytest.raises(ValueError, match="unknown preset"):
         ModelConfig.preset("huge")
+
+
+RETIRED = {"val_every": 250, "ckpt_every": 250, "seed": 7}  # run settings TrainConfig once held
+
+
+def test_configs_written_with_the_retired_run_settings_still_load(tmp_path) -> None:
+    old = ModelConfig.preset("tiny").to_dict()
+    old["train"].update(RETIRED)
+    assert ModelConfig.from_dict(old) == ModelConfig.preset("tiny")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert ModelConfig.load(tmp_path / "config.json") == ModelConfig.preset("tiny")
+    assert old["train"]["seed"] == 7  # the caller's dict is left as it was
+    assert not set(RETIRED) & set(ModelConfig.preset("tiny").to_dict()["train"])
+
+
+def test_the_shipped_model_config_loads_unchanged() -> None:
+    path = Path(__file__).resolve().parents[1] / "models" / "pretrained" / "config.json"
+    cfg = ModelConfig.load(path).validate()
+    saved = json.loads(path.read_text())
+    assert cfg.name == saved["name"] and cfg.train.lr == saved["train"]["lr"]
+    assert cfg.to_dict()["train"] == {k: v for k, v in saved["train"].items() if k not in RETIRED}
+
+
+@pytest.mark.parametrize(
+    "key, flag", [("val_every", "--val-every"), ("ckpt_every", "--ckpt-every"), ("seed", "--seed")]
+)
+def test_setting_a_retired_run_setting_names_the_run_flag(key: str, flag: str) -> None:
+    with pytest.raises(ValueError, match=f"'train.{key}' is a run setting now.*{flag}") as info:
+        ModelConfig.preset("tiny").replace(**{f"train.{key}": 1})
+    assert "\n" not in str(info.value)
 
 
 def test_v_prediction_with_zero_terminal_snr_is_accepted() -> None:

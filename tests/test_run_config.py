@@ -51,23 +51,67 @@ def test_trials_derive_their_run_with_replace():
     assert trial.model.train.lr == 1e-3 and trial.val_every == 5 and base.model.train.lr != 1e-3
 
 
+def _request(*flags: str):
+    return train.request_from_args(train.build_parser().parse_args(["--data", "d", *flags]))
+
+
 def test_train_cli_builds_the_run_once_from_its_flags():
-    args = train.build_parser().parse_args(
-        ["--data", "d", "--workers", "2", "--steps", "7", "--val-every", "0", "--set", "train.lr=0.01"]
-    )
-    run = train.build_run_config(args, "/abs/d", "/abs/runs")
+    request = _request("--workers", "2", "--steps", "7", "--val-every", "0", "--set", "train.lr=0.01")
+    run = request.run
     assert (run.steps, run.workers, run.val_every, run.model.train.lr) == (7, 2, 0, 0.01)
-    assert (run.name, run.storage, run.data_path) == ("sas-tiny", "/abs/runs", "/abs/d")
-    bad = train.build_parser().parse_args(["--data", "d", "--workers", "3"])
+    assert (run.name, run.storage, run.data_path) == ("sas-tiny", "runs", "d")  # resolved at launch
+    assert (request.register, request.register_name, request.preset) == (True, "sas", "tiny")
+    assert _request("--no-register", "--name", "x").register is False
     with pytest.raises(train.UserError, match="not divisible"):
-        train.build_run_config(bad, "d", "runs")
+        _request("--workers", "3")
+
+
+def test_every_train_and_tune_flag_default_has_one_home():
+    from pipelines import tune
+    from pipelines.cli.flags import flag_fields, mismatched_defaults
+    from pipelines.training.config import TrainRequest
+    from pipelines.tuning.request import TuneRequest
+
+    assert mismatched_defaults(train.build_parser(), RunConfig, TrainRequest) == []
+    assert mismatched_defaults(tune.build_parser(), TuneRequest) == []
+    defaults = vars(train.build_parser().parse_args(["--data", "d"]))
+    for f in flag_fields(RunConfig) + flag_fields(TrainRequest):
+        assert defaults[f.name] == getattr(_request(), f.name, getattr(_request().run, f.name, None)), f.name
 
 
 @pytest.mark.parametrize("flag", ["--keep", "--ckpt-every", "--log-every", "--max-bad-steps"])
 def test_train_cli_rejects_zero_counts_instead_of_clamping_them(flag):
-    args = train.build_parser().parse_args(["--data", "d", flag, "0"])
     with pytest.raises(train.UserError, match=f"{flag} must be at least 1"):
-        train.build_run_config(args, "d", "runs")
+        _request(flag, "0")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--reduction", "1"], "--reduction must be above 1"),
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+    ],
+)
+def test_tune_cli_refuses_bad_values_with_one_line(flags, message):
+    from pipelines import tune
+
+    with pytest.raises(train.UserError, match=message):
+        tune.request_from_args(tune.build_parser().parse_args(["--data", "d", *flags]))
+
+
+def test_a_search_refuses_fewer_trials_than_its_grid():
+    from pipelines import tune
+    from pipelines.tuning.search import make_plan
+
+    def request(trials: str):
+        return tune.request_from_args(tune.build_parser().parse_args(["--data", "d", "--trials", trials]))
+
+    space = {"diffusion.beta_schedule": {"grid": ["linear", "cosine"]}}
+    plan = make_plan(request("5"), space, 100)
+    assert (plan.grid, plan.num_samples, plan.trials, plan.val_every) == (2, 2, 4, 20)
+    with pytest.raises(train.UserError, match="below the grid size 2"):
+        make_plan(request("1"), space, 100)
 
 
 def test_model_config_is_the_one_builder_of_a_runs_model(tmp_path):

@@ -210,8 +210,8 @@ def test_actors_pass_the_gpu_request_to_ray_data(monkeypatch, tmp_path):
 
 
 def test_demo_model_defaults_to_the_champion_else_the_pretrained_checkpoint(tmp_path, monkeypatch):
-    from pipelines.demo import find_model
     from pipelines.inference import models
+    from pipelines.inference.demo_app import find_model
     from synth.cli import UserError
 
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"  # an empty store: no champion

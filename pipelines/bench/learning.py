@@ -177,22 +177,61 @@ def probe_config(args: argparse.Namespace) -> tuple[ModelConfig, Any]:
     return cfg, family_config(args.family, cfg.image_size, **counts)
 
 
+def score_checkpoint(args: argparse.Namespace, render: Any, device: torch.device) -> None:
+    """``--score``: the same val scenes and evaluation as a training run of these flags, printed."""
+    model = load_model(args.score, device=device)
+    if args.set:
+        model.cfg = model.cfg.replace(**dict(parse_override(item) for item in args.set))
+    scenes = val_scenes(args.seed, render, args.val_scenes)
+    scores = evaluate(model, scenes, layers=tuple(args.layers or ()) or None)
+    print(json.dumps({"checkpoint": args.score, **{k: round(v, 4) for k, v in scores.items()}}), flush=True)
+
+
+def resume(
+    state: LocalState | None, args: argparse.Namespace, device: torch.device
+) -> tuple[int, float, list]:
+    """``(step, train_s, curve)`` of the saved state, or of a fresh run."""
+    resumed = state.load(device) if state else None
+    if not resumed:
+        return 0, 0.0, []
+    counters, curve = resumed
+    step, train_s = int(counters["step"]), float(counters["train_s"])
+    torch.manual_seed(args.seed + step)
+    print(f"[probe] resumed from {args.save} at step {step}", flush=True)
+    return step, train_s, curve
+
+
+def finished(args: argparse.Namespace, step: int, train_s: float) -> bool:
+    """Whether the budget (``--steps``, else ``--minutes`` of training) is spent."""
+    return step >= args.steps if args.steps else train_s >= args.minutes * 60
+
+
+def learning_rate(step: int, tc: Any, total: int) -> float:
+    """The cosine schedule over ``total`` steps; with a time budget (``total`` 0) warm-up, then flat."""
+    if total:
+        return lr_at(step, tc.lr, tc.warmup_steps, total)
+    return tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+
+
+def curve_row(model: SASModel, val: list, quick: bool, layers: tuple[int, ...] | None, **facts: Any) -> dict:
+    """One curve row: ``facts`` (minutes, step, samples, ...), then the metrics of ``model`` on ``val``."""
+    t1 = time.perf_counter()
+    metrics = evaluate(model, val, quick=quick, layers=layers)
+    return {
+        **facts,
+        **{k: round(v, 4) for k, v in metrics.items()},
+        "eval_s": round(time.perf_counter() - t1, 1),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
     cfg, render = probe_config(args)
-    if args.score:  # the same val scenes and evaluation as a training run of these flags
-        model = load_model(args.score, device=device)
-        if args.set:
-            model.cfg = model.cfg.replace(**dict(parse_override(item) for item in args.set))
-        scores = evaluate(
-            model, val_scenes(args.seed, render, args.val_scenes), layers=tuple(args.layers or ()) or None
-        )
-        print(
-            json.dumps({"checkpoint": args.score, **{k: round(v, 4) for k, v in scores.items()}}), flush=True
-        )
+    if args.score:
+        score_checkpoint(args, render, device)
         return
     layers = tuple(args.layers) if args.layers is not None else None
     model = SASModel(cfg).to(device)
@@ -206,13 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     val = val_scenes(args.seed, render, args.val_scenes)
     state = LocalState(Path(args.save) / "probe_state.pt", model, ema, opt, stream) if args.save else None
     out = Path(args.out) if args.out else None
-    train_s, step, curve = 0.0, 0, []
-    resumed = state.load(device) if state else None
-    if resumed:
-        counters, curve = resumed
-        step, train_s = int(counters["step"]), float(counters["train_s"])
-        torch.manual_seed(args.seed + step)
-        print(f"[probe] resumed from {args.save} at step {step}", flush=True)
+    step, train_s, curve = resume(state, args, device)
     print(
         f"[probe] preset={cfg.name} params={model.num_parameters():,} family={args.family} "
         f"objects={render.min_objects}-{render.max_objects} layers={layers or 'all'} overrides={args.set} "
@@ -223,43 +256,33 @@ def main(argv: list[str] | None = None) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text("".join(json.dumps(row) + "\n" for row in curve))
     total = args.steps
-    next_eval = (len(curve) + 1) * (args.eval_steps if total else args.eval_every * 60)
+    every = args.eval_steps if total else args.eval_every * 60
+    next_eval = (len(curve) + 1) * every
     losses: list[float] = []
-    done = (total and step >= total) or (not total and train_s >= args.minutes * 60)
+    done = finished(args, step, train_s)
     while not done:
         t0 = time.perf_counter()
-        lr = (
-            lr_at(step, tc.lr, tc.warmup_steps, total)
-            if total
-            else tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
-        )
         batch = {k: v.to(device) for k, v in stream.batch(tc.batch_size).items()}
         batch["cumulative_mask"] = perturb_cumulative_mask(batch["cumulative_mask"], tc.cmask_noise_p)
-        result = train_step(batch, lr)
+        result = train_step(batch, learning_rate(step, tc, total))
         step += 1
         losses.append(float(result.loss))
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_s += time.perf_counter() - t0
-        done = (total and step >= total) or (not total and train_s >= args.minutes * 60)
+        done = finished(args, step, train_s)
         if (step if total else train_s) >= next_eval or done:
-            t1 = time.perf_counter()
-            metrics = evaluate(ema_model(model, ema), val, quick=args.quick and not done, layers=layers)
-            row = {
-                "minutes": round(train_s / 60, 2),
-                "step": step,
-                "samples": step * tc.batch_size,
-                "s_per_step": round(train_s / step, 3),
-                "loss": round(float(np.mean(losses[-50:])), 4),
-                **{k: round(v, 4) for k, v in metrics.items()},
-                "eval_s": round(time.perf_counter() - t1, 1),
-            }
+            row = curve_row(
+                ema_model(model, ema), val, args.quick and not done, layers,
+                minutes=round(train_s / 60, 2), step=step, samples=step * tc.batch_size,
+                s_per_step=round(train_s / step, 3), loss=round(float(np.mean(losses[-50:])), 4),
+            )  # fmt: skip
             curve.append(row)
             print(json.dumps(row), flush=True)
             if out:
                 with out.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-            next_eval += args.eval_steps if total else args.eval_every * 60
+            next_eval += every
             if state:
                 state.save({"step": step, "train_s": train_s}, curve)
     stream.close()

@@ -28,23 +28,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 
 from pipelines.cli.args import parse_override
 from pipelines.cli.env import apply_env_defaults
 from pipelines.cli.files import resolve_local_or_remote
+from pipelines.training import data, trainer
+from pipelines.training.augment import augment_batch
 from pipelines.training.config import RunConfig, model_config
+from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
+from sas_model.model import SASModel
 from synth.cli import UserError, fail, parse_number
 from synth.ray_runtime import init_ray
+from synth.reader import collate_samples, iter_scenes, scene_to_samples
 
 
 def bare_loop(data_path: str, cfg: Any, steps: int, warmup: int) -> dict[str, float]:
     """Single-process loop over in-memory samples; returns samples/s and data-wait fraction."""
-    from pipelines.training.augment import augment_batch
-    from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
-    from sas_model.model import SASModel
-    from synth.reader import collate_samples, iter_scenes, scene_to_samples
-
     samples = [s for scene in iter_scenes(data_path, split="train") for s in scene_to_samples(scene)]
     data = {k: torch.as_tensor(v) for k, v in collate_samples(samples).items()}
     torch.manual_seed(0)
@@ -84,10 +85,6 @@ def ray_run(
     overrides: tuple[str, ...] = (),
 ) -> dict:
     """``train_loop_per_worker`` under TorchTrainer; returns its steady-state throughput numbers."""
-    import ray
-
-    from pipelines.training import data, trainer
-
     run = RunConfig(
         model=model_config(preset, dict(parse_override(item) for item in overrides), steps, batch or None),
         data_path=data_path,
@@ -125,8 +122,7 @@ def ray_run(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    apply_env_defaults()
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--preset", default="tiny")
@@ -153,31 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         help="train.precision for every variant (default: the preset's, auto)",
     )
     parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args(argv)
-    overrides = (f"train.precision={args.precision}",) if args.precision else ()
+    return parser
 
-    from pipelines.training import data
 
-    data_path = resolve_local_or_remote(args.data)
-    try:
-        manifest = data.check_dataset(data_path)
-    except UserError as exc:
-        fail(str(exc))
-    results: dict[str, Any] = {"cpus": os.cpu_count(), "torch": torch.__version__}
-    cfg = model_config(
-        args.preset, dict(parse_override(item) for item in overrides), args.steps, args.batch or None
-    )
-    results["global_batch"] = int(cfg.train.batch_size)
-    torch.set_num_threads(os.cpu_count() or 1)
-    results["bare"] = bare_loop(data_path, cfg, args.steps, args.warmup)
-    print(f"[bench] bare: {results['bare']['samples_per_s']:.1f} samples/s", flush=True)
-    import ray
-
+def ray_variants(
+    args: argparse.Namespace, data_path: str, manifest: Any, cfg: Any, overrides: tuple[str, ...]
+) -> dict[str, Any]:
+    """``ray-N`` → ``ray_run``'s numbers for each ``--workers`` count, on a Ray started here (and
+    shut down after), plus ``cache``: whether the samples were cached in the object store."""
     init_ray(num_cpus=os.cpu_count())
     cache = data.should_cache(
         args.cache, manifest, int(cfg.image_size), ray.available_resources().get("object_store_memory", 0)
     )
-    results["cache"] = cache
+    results: dict[str, Any] = {"cache": cache}
     with tempfile.TemporaryDirectory(prefix="sas-bench-") as storage:
         for workers in [int(w) for w in args.workers.split(",") if w]:
             results[f"ray-{workers}"] = run = ray_run(
@@ -196,17 +180,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"data wait {100 * run['data_wait_frac']:.1f}%",
                 flush=True,
             )
-
     ray.shutdown()
-    # the bare loop again, after Ray: on a shared machine this shows how much the load drifted
-    after = bare_loop(data_path, cfg, args.steps, args.warmup)
-    results["bare_after"] = after
-    print(f"[bench] bare (again, after Ray): {after['samples_per_s']:.1f} samples/s", flush=True)
-    bare = 0.5 * (results["bare"]["samples_per_s"] + after["samples_per_s"])
-    results["bare_mean_samples_per_s"] = bare
+    return results
+
+
+def print_table(results: dict[str, Any], preset: str, steps: int, precision: str) -> None:
+    """Each variant's samples/s, its ratio to the mean bare loop, and its data-wait fraction."""
+    bare = results["bare_mean_samples_per_s"]
     print(
-        f"\nmodel preset {args.preset}, global batch {results['global_batch']}, {args.steps} timed steps, "
-        f"{results['cpus']} CPUs, train.precision {cfg.train.precision}"
+        f"\nmodel preset {preset}, global batch {results['global_batch']}, {steps} timed steps, "
+        f"{results['cpus']} CPUs, train.precision {precision}"
     )
     print(f"{'variant':<8} {'samples/s':>10} {'vs bare':>8} {'data wait':>10}")
     for key in [k for k in results if k in ("bare", "bare_after") or k.startswith("ray-")]:
@@ -215,6 +198,32 @@ def main(argv: list[str] | None = None) -> int:
             f"{key:<8} {row['samples_per_s']:>10.1f} {row['samples_per_s'] / bare:>7.2f}x "
             f"{100 * row['data_wait_frac']:>9.1f}%"
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    apply_env_defaults()
+    args = build_parser().parse_args(argv)
+    overrides = (f"train.precision={args.precision}",) if args.precision else ()
+    data_path = resolve_local_or_remote(args.data)
+    try:
+        manifest = data.check_dataset(data_path)
+    except UserError as exc:
+        fail(str(exc))
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "torch": torch.__version__}
+    cfg = model_config(
+        args.preset, dict(parse_override(item) for item in overrides), args.steps, args.batch or None
+    )
+    results["global_batch"] = int(cfg.train.batch_size)
+    torch.set_num_threads(os.cpu_count() or 1)
+    results["bare"] = bare_loop(data_path, cfg, args.steps, args.warmup)
+    print(f"[bench] bare: {results['bare']['samples_per_s']:.1f} samples/s", flush=True)
+    results.update(ray_variants(args, data_path, manifest, cfg, overrides))
+    # the bare loop again, after Ray: on a shared machine this shows how much the load drifted
+    after = bare_loop(data_path, cfg, args.steps, args.warmup)
+    results["bare_after"] = after
+    print(f"[bench] bare (again, after Ray): {after['samples_per_s']:.1f} samples/s", flush=True)
+    results["bare_mean_samples_per_s"] = 0.5 * (results["bare"]["samples_per_s"] + after["samples_per_s"])
+    print_table(results, args.preset, args.steps, cfg.train.precision)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0

@@ -17,6 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.cli.files import figure_png, write_bytes_atomic, write_text_atomic
+from pipelines.inference.models import model_summary
+from pipelines.tracking import lineage
+from pipelines.tracking.store import setup_mlflow
+from sas_model.codec import decode_png, encode_png
+from sas_model.metrics import UNCERTAINTY_BIN_EDGES
+from sas_model.metrics_report import summary_markdown
+from sas_model.overlay import overlay_sheet
 
 if TYPE_CHECKING:
     from pipelines.inference.request import EvalRequest, EvalResult
@@ -64,8 +71,6 @@ AP_LEGEND = (
 
 def comparison_markdown(summaries: dict[str, dict[str, float]], request: EvalRequest) -> str:
     """Headline metrics, one column per model, titled with the data, split and sampler flags."""
-    from sas_model.metrics_report import summary_markdown
-
     picked = {label: {k: s[k] for k in HEADLINE if k in s} for label, s in summaries.items()}
     table = summary_markdown(picked, title=request.title())
     if any("coco_ap" in s for s in summaries.values()):
@@ -123,9 +128,6 @@ def safe_name(label: str) -> str:
 def overlay_sheet_png(strips: dict[str, dict[int, bytes]], rows: int) -> bytes | None:
     """One row per scene: image | truth, then per model: prediction | uncertainty (first ``rows`` scenes
     that every model scored)."""
-    from sas_model.codec import decode_png, encode_png
-    from sas_model.overlay import overlay_sheet
-
     common = sorted(set.intersection(*(set(s) for s in strips.values())))[:rows] if strips else []
     if not common:
         return None
@@ -173,8 +175,6 @@ def write_report(
 
 
 def _full_markdown(summaries: dict[str, dict[str, float]], sources: list[Any], request: EvalRequest) -> str:
-    from sas_model.metrics_report import summary_markdown
-
     lines = ["Models:", ""] + [f"- `{s.label}`: `{s.uri}`" for s in sources] + [""]
     lines.append(AP_LEGEND)
     lines.append("")
@@ -199,8 +199,7 @@ def sweep_markdown(rows: list[dict[str, Any]], label: str) -> str:
 def calibration_png(summaries: dict[str, dict[str, float]]) -> bytes | None:
     """Pixel error rate by ensemble-variance bin (``unc/err_rate/bin{i}``), one bar group per model,
     with each bin's share of the pixels; ``None`` when no summary has calibration numbers."""
-    from sas_model.metrics import UNCERTAINTY_BIN_EDGES as edges
-
+    edges = UNCERTAINTY_BIN_EDGES
     bins = len(edges) - 1
     if not any(f"unc/frac/bin{i}" in s for s in summaries.values() for i in range(bins)):
         return None
@@ -287,9 +286,6 @@ def log_to_mlflow(
     """
     import mlflow
 
-    from pipelines.inference.models import model_summary
-    from pipelines.tracking.store import setup_mlflow
-
     experiment_id = setup_mlflow(tracking_uri, request.experiment)
     params: dict[str, Any] = {
         "data": request.data,
@@ -333,8 +329,6 @@ def link_to_models(
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-
-    from pipelines.tracking import lineage
 
     dataset = lineage.dataset_for(request.data, manifest)
     tags = {**lineage.dataset_tags(manifest), "sas.split": request.split}

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pipelines.cli.progress import Progress
+from pipelines.inference import eval_report
 from pipelines.inference.models import (
     ModelSource,
     describe_device,
@@ -30,11 +31,13 @@ from pipelines.inference.options import (
 )
 from pipelines.inference.request import EvalRequest, EvalResult
 from pipelines.tracking.store import resolve_mlflow_uri
+from sas_model.codec import encode_png
+from sas_model.config import ModelConfig
+from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
 from synth.cli import UserError
 from synth.ray_runtime import init_ray
-
-if TYPE_CHECKING:
-    from synth.schema import Manifest
+from synth.reader import DatasetError, check_dataset, read_dataset
+from synth.schema import Manifest, decode_scene
 
 # mIoU against UNet passes: (label, sampler overrides). "dpmpp2m" is the fast multistep solver.
 SWEEP_SETTINGS = (
@@ -66,9 +69,6 @@ class SceneScorer:
         self.teacher_forced = teacher_forced
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from sas_model.metrics_report import ObjectsTruth, score_image
-        from synth.schema import decode_scene
-
         scenes = [decode_scene({k: v[i] for k, v in batch.items()}) for i in range(len(batch["scene_id"]))]
         results = self.segmenter.segment(
             np.stack([s.image for s in scenes]), seed=self.seed, **self.overrides
@@ -114,8 +114,6 @@ class SceneScorer:
 
 
 def _strip_png(scene: Any, result: Any) -> bytes:
-    from sas_model.codec import encode_png
-
     return encode_png(np.concatenate(result.comparison_panels(scene.image, scene.layer_masks), axis=1))
 
 
@@ -137,8 +135,6 @@ def sweep_settings(text: str | None) -> list[tuple[str, dict[str, Any]]]:
 
 def check_data(request: EvalRequest, image_size: int) -> Manifest:
     """Validate the request's data and split from the manifest (no Ray needed); return the manifest."""
-    from synth.reader import DatasetError, check_dataset
-
     try:
         manifest = check_dataset(request.data, request.s3_endpoint)
     except DatasetError as exc:
@@ -161,8 +157,6 @@ def check_data(request: EvalRequest, image_size: int) -> Manifest:
 def load_scenes(request: EvalRequest, limit: int | None) -> Any:
     """The split's scenes (the first ``limit``) as a materialised Ray Dataset, in dataset order."""
     import ray.data
-
-    from synth.reader import read_dataset
 
     ray.data.DataContext.get_current().execution_options.preserve_order = True  # same scenes every time
     dataset = read_dataset(request.data, split=request.split, endpoint_url=request.s3_endpoint)
@@ -215,8 +209,6 @@ def score_dataset(
 def evaluate_models(
     request: EvalRequest, sources: list[ModelSource], overrides: dict[str, Any], gpus: float
 ) -> dict:
-    from sas_model.metrics_report import MetricsAccumulator
-
     dataset = load_scenes(request, request.limit)
     out: dict[str, Any] = {"summaries": {}, "records": {}, "strips": {}, "seconds": {}}
     for source in sources:
@@ -243,8 +235,6 @@ def evaluate_models(
 
 def sweep_passes(request: EvalRequest, source: ModelSource, gpus: float) -> list[dict[str, Any]]:
     """Free-running metrics of ``source`` under each sweep setting (ensemble/consensus flags still apply)."""
-    from sas_model.metrics_report import MetricsAccumulator
-
     settings = sweep_settings(request.sweep)
     base = {k: v for k, v in request.sampler.items() if k not in ("name", "steps")}
     dataset = load_scenes(request, request.sweep_limit or request.limit)
@@ -278,16 +268,12 @@ def sweep_passes(request: EvalRequest, source: ModelSource, gpus: float) -> list
 
 
 def _image_size(source: ModelSource) -> int:
-    from sas_model.config import ModelConfig
-
     return ModelConfig.load(Path(source.checkpoint_dir) / "config.json").image_size
 
 
 def run(request: EvalRequest) -> EvalResult:
     """Evaluate (or sweep) as ``request`` says: check everything that needs no Ray first, then score,
     write the report, log the MLflow run. One-line ``UserError`` on bad input."""
-    from pipelines.inference import eval_report
-
     started = time.time()
     request.validate()
     specs = [parse_model_spec(text) for text in request.models]

@@ -154,14 +154,14 @@ def inference_device() -> str:
 
 def load_source_segmenter(source: ModelSource, device: str | None = None) -> Any:
     """``SequentialSegmenter`` for ``source`` (EMA weights) on ``device``, else ``inference_device()``."""
-    from sas_model.checkpoint import load_segmenter
+    from sas_model.checkpoint import load_segmenter  # torch: the CLIs import this module before --help
 
     return load_segmenter(source.local_checkpoint(), device=device or inference_device())
 
 
 def model_summary(source: ModelSource) -> dict[str, Any]:
     """Config facts worth printing and logging: preset name, mode, C_k input, sampler defaults, step."""
-    from sas_model.checkpoint import load_meta
+    from sas_model.checkpoint import load_meta  # torch: the CLIs import this module before --help
 
     cfg = ModelConfig.load(Path(source.checkpoint_dir) / "config.json")
     meta = load_meta(source.checkpoint_dir)

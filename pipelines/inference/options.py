@@ -69,7 +69,7 @@ def check_sampler_overrides(source: ModelSource, overrides: dict[str, Any]) -> N
     """Fail with one line when the overrides do not fit the model (e.g. more steps than timesteps)."""
     import torch
 
-    from sas_model.precision import autocast_dtype
+    from sas_model.precision import autocast_dtype  # torch: the CLIs import this module before --help
 
     cfg = ModelConfig.load(Path(source.checkpoint_dir) / "config.json")
     try:

@@ -40,6 +40,7 @@ from pipelines.tracking.store import resolve_mlflow_uri
 from sas_model.predictor import Predictor, decode_image, resize_result
 from synth.cli import UserError
 from synth.ray_runtime import init_ray
+from synth.reader import DatasetError, open_filesystem
 
 IMAGE_COLUMNS = ("image", "image_png", "image_bytes", "bytes")
 NAME_COLUMNS = ("name", "path", "scene_id")
@@ -75,8 +76,6 @@ class ImagePredictor:
         self._filesystem: Any = None
 
     def _read(self, source: str) -> bytes:
-        from synth.reader import open_filesystem
-
         if self._filesystem is None:
             self._filesystem = open_filesystem(source, self.endpoint_url)[0]
         path = source[len("s3://") :] if source.startswith("s3://") else source
@@ -138,8 +137,6 @@ def list_inputs(path: str, endpoint_url: str | None) -> tuple[str, list[str], li
     """``(kind, full_paths, relative_paths)``, kind ``parquet`` or ``images``; hidden files left out."""
     from pyarrow import fs
 
-    from synth.reader import DatasetError, open_filesystem
-
     try:
         filesystem, root = open_filesystem(path, endpoint_url)
         info = filesystem.get_file_info(root)
@@ -189,8 +186,6 @@ def parquet_dataset(
 ) -> tuple[Any, int]:
     import pyarrow.parquet as pq
     import ray.data
-
-    from synth.reader import open_filesystem
 
     filesystem, _ = open_filesystem(path, endpoint_url)
     strip = (lambda f: f[len("s3://") :]) if path.startswith("s3://") else (lambda f: f)

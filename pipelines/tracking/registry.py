@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import sas_model
+
 CHAMPION_ALIAS = "champion"
 RUN_DIR_TAG = "sas.run_dir"
 ALIAS_POLICIES = ("better", "always", "never")
@@ -62,9 +64,8 @@ def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path, input_image: Any) 
     """
     import mlflow
 
-    import sas_model
-    from sas_model import pyfunc as sas_pyfunc
-    from sas_model.checkpoint import MODEL_FILES
+    from sas_model import pyfunc as sas_pyfunc  # MLflow and torch: only when logging a model
+    from sas_model.checkpoint import MODEL_FILES  # torch: only when logging a model
 
     with tempfile.TemporaryDirectory(prefix="sas-export-") as tmp:
         export = Path(tmp) / "checkpoint"

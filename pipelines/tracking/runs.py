@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.cli.files import figure_png
 from pipelines.tracking.store import flatten_dict
 
 if TYPE_CHECKING:
@@ -93,8 +94,6 @@ def learning_curve_png(history: dict[str, list[tuple[int, float]]]) -> bytes | N
         ax.legend(fontsize=7)
     axes[0].set_ylabel("IoU")
     axes[0].set_ylim(0, 1)
-    from pipelines.cli.files import figure_png
-
     return figure_png(fig)
 
 

@@ -18,13 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.flags import option
+from pipelines.tracking.store import DEFAULT_EXPERIMENT
 from sas_model.config import ModelConfig
-from synth.cli import UserError
+from synth.cli import UserError, parse_number, parse_positive_float
 
 SHUFFLES = ("buffer", "global")
 CACHES = ("auto", "on", "off")
 PLACEMENTS = ("pack", "spread")
 GPUS = ("auto", "on", "off")
+ALIAS_POLICIES = ("better", "always", "never")
 LAUNCH_FIELDS = (
     "shuffle_buffer",
     "torch_threads",
@@ -72,28 +75,61 @@ class RunConfig:
     model: ModelConfig
     data_path: str
     name: str
-    storage: str = "runs"
-    workers: int = 1
-    minutes: float | None = None  # wall-clock budget for the whole run
-    val_every: int = 0  # steps between validations (0: never); also at the end
-    val_scenes: int = 64  # val scenes for the loss and teacher-forced IoU
-    val_free_scenes: int = 64  # of those, segmented free-running (the champion metric)
-    ckpt_every: int = 500
-    log_every: int = 10
-    keep: int = 3  # checkpoints kept (newest)
-    seed: int = 0  # data order and augmentation
-    max_bad_steps: int = 20  # non-finite steps in a row before the run aborts
-    shuffle: str = "buffer"
-    cache: str = "auto"
-    placement: str = "pack"
-    max_failures: int = 2
-    gpu: str = "auto"
-    init: str = "scratch"  # a new run starts from: scratch, pretrained (the shipped model) or a checkpoint
+    storage: str = option("runs", "Ray Train storage path, local or s3://")
+    workers: int = option(1, "Ray Train workers", parse=parse_number)
+    minutes: float | None = option(None, "wall-clock budget for the whole run", parse=parse_positive_float)
+    val_every: int = option(
+        500, "steps between validations, also run at the end (0: never)", parse=parse_number
+    )
+    val_scenes: int = option(64, "val scenes for the loss and teacher-forced IoU", parse=parse_number)
+    val_free_scenes: int = option(
+        64,
+        "of those, scenes segmented free-running for IoU, pair order and the champion metric "
+        "(the overlay sheet shows the first 8)",
+        parse=parse_number,
+    )
+    ckpt_every: int = option(500, "steps between checkpoints", parse=parse_number)
+    log_every: int = option(10, "steps between progress lines", parse=parse_number)
+    keep: int = option(3, "checkpoints kept (newest)", parse=parse_number)
+    seed: int = option(0, "data order and augmentation seed", parse=parse_number)
+    max_bad_steps: int = option(
+        20, "abort after this many non-finite loss steps in a row", parse=parse_number
+    )
+    shuffle: str = option(
+        "buffer", "local shuffle buffer (streaming) or a full random_shuffle per epoch", choices=SHUFFLES
+    )
+    cache: str = option(
+        "auto",
+        "decode the training samples once into Ray's object store (auto: if they fit in 25%%)",
+        choices=CACHES,
+    )
+    placement: str = option(
+        "pack",
+        "worker placement: pack onto few nodes or spread one per node where possible",
+        choices=PLACEMENTS,
+    )
+    max_failures: int = option(2, "worker-group restarts", parse=parse_number)
+    gpu: str = option("auto", "use GPUs (auto: if any)", choices=GPUS)
+    init: str = option(
+        "scratch",
+        "a new run starts from: scratch, pretrained (the shipped model, models/pretrained or "
+        "$SAS_PRETRAINED_MODEL) or a checkpoint folder; a resumed run ignores it",
+    )
     # Bounded recovery from a lost node: a torch.distributed op (gloo/NCCL) waiting on a dead peer
     # fails after collective_timeout_s (torch's default is 30 min), and Ray Train declares a worker
     # dead when its health check hangs for health_check_timeout_s (Ray's default 10 min).
-    collective_timeout_s: int = 300
-    health_check_timeout_s: float = 120.0
+    collective_timeout_s: int = option(
+        300,
+        "seconds a gloo/NCCL operation waits for a lost peer before it fails (torch's own: 1800)",
+        flag="collective-timeout",
+        parse=parse_number,
+    )
+    health_check_timeout_s: float = option(
+        120.0,
+        "seconds a hung worker health check takes to declare the worker dead (Ray's own: 600)",
+        flag="health-check-timeout",
+        parse=parse_positive_float,
+    )
     prefetch_batches: int = 2
     # set at launch
     shuffle_buffer: int | None = None
@@ -101,9 +137,13 @@ class RunConfig:
     deadline_unix: float | None = None
     mlflow_uri: str | None = field(default=None, repr=False)  # may hold credentials: never logged
     mlflow_run_id: str | None = None
-    fail_once_at_step: int | None = None  # test hook: raise once at this step
+    fail_once_at_step: int | None = option(
+        None, "test hook: raise once at this step", parse=parse_number, hidden=True
+    )
     fail_once_marker: str = ""
-    inject_nan_from_step: int | None = None  # test hook: NaN loss from this step
+    inject_nan_from_step: int | None = option(
+        None, "test hook: NaN loss from this step", parse=parse_number, hidden=True
+    )
 
     @property
     def steps(self) -> int:
@@ -169,3 +209,25 @@ class RunConfig:
             for f in dataclasses.fields(self)
             if f.name not in ("model", *LAUNCH_FIELDS)
         }
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRequest:
+    """What ``pipelines/train.py`` is asked to do: the run (its ``data_path`` and ``storage`` as typed;
+    the launch resolves them), where it is tracked and registered, and where its outcome is written.
+    ``steps`` and ``batch`` are already in ``run.model``; they are kept as the flags gave them."""
+
+    run: RunConfig
+    preset: str = "tiny"
+    result: str | None = None  # also write the outcome as JSON here
+    steps: int | None = option(None, "optimiser steps (default: config train.steps)", parse=parse_number)
+    batch: int | None = option(None, "global batch (default: config train.batch_size)", parse=parse_number)
+    register_name: str = option("sas", "registered model name")
+    register: bool = option(True, "log the model but do not register it")
+    alias_policy: str = option(
+        "better",
+        "move alias 'champion' if the new val metric is better, always or never",
+        choices=ALIAS_POLICIES,
+    )
+    mlflow_uri: str | None = option(None, "tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    experiment: str = option(DEFAULT_EXPERIMENT, "MLflow experiment")

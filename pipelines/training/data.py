@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from synth import reader
 from synth.cli import UserError
 from synth.schema import Manifest
 
@@ -21,8 +22,6 @@ SAMPLE_DTYPES = {"occlusion": "int8", "layer_index": "int64"}  # the rest are ui
 
 def check_dataset(path: str) -> Manifest:
     """Validate the dataset (missing, empty, schema version, corrupt shard) and return its manifest."""
-    from synth import reader
-
     try:
         manifest = reader.check_dataset(path)
     except reader.DatasetError as exc:
@@ -34,8 +33,6 @@ def check_dataset(path: str) -> Manifest:
 
 def read_scenes(path: str, split: str) -> Any:
     """Lazy Ray Dataset of the scene rows of one split."""
-    from synth import reader
-
     if hasattr(reader, "read_dataset"):
         return reader.read_dataset(path, split=split)
     import ray.data
@@ -56,11 +53,12 @@ def build_train_dataset(
     ``completion`` (a model with an order head): only the samples that model learns from
     (``synth.reader.sample_layers``), so each scene comes about once per epoch instead of L + 1 times.
     """
-    from synth.reader import expand_batch_to_samples
-
     scenes = read_scenes(path, "train")  # block order and shuffles differ per epoch (unseeded)
     samples = scenes.map_batches(
-        expand_batch_to_samples, fn_kwargs={"completion": completion}, batch_format="numpy", batch_size=32
+        reader.expand_batch_to_samples,
+        fn_kwargs={"completion": completion},
+        batch_format="numpy",
+        batch_size=32,
     )
     samples = samples.select_columns(SAMPLE_COLUMNS)
     if cache:  # decode once into the object store; epochs then only re-split and re-shuffle blocks
@@ -98,9 +96,7 @@ def shuffle_buffer_size(shuffle: str, global_batch: int) -> int | None:
 
 def example_image(path: str) -> np.ndarray:
     """One real image uint8[H,W,3] (first val scene, else first scene) for the model's input example."""
-    from synth.reader import iter_scenes
-
     for split in ("val", None):
-        for scene in iter_scenes(path, split=split):
+        for scene in reader.iter_scenes(path, split=split):
             return np.asarray(scene.image, dtype=np.uint8)
     raise UserError(f"dataset {path} has no scenes")

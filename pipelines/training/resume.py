@@ -20,7 +20,9 @@ from typing import Any
 
 from pipelines.cli.env import pretrained_path
 from pipelines.tracking.store import flatten_dict
+from sas_model.config import ModelConfig
 from synth.cli import UserError
+from synth.reader import open_filesystem
 
 RUN_CONFIG_FILE = "sas_run.json"
 MUTABLE_SECTIONS = ("name", "train", "sampler")
@@ -34,8 +36,6 @@ def _filesystem(path: str) -> tuple[Any, str]:
     from pyarrow import fs
 
     if "://" in path:
-        from synth.reader import open_filesystem
-
         return open_filesystem(path)
     return fs.LocalFileSystem(), path
 
@@ -106,8 +106,6 @@ def resolve_init(init: str) -> Path | None:
 def check_init(init: str, cfg: Any) -> Path | None:
     """:func:`resolve_init`, checked: the folder is a checkpoint and its architecture is ``cfg``'s
     (one-line ``UserError`` naming the first difference otherwise)."""
-    from sas_model.config import ModelConfig
-
     path = resolve_init(init)
     if path is None:
         return None

@@ -6,6 +6,8 @@ import os
 from typing import Any
 
 from pipelines.training.config import RunConfig
+from pipelines.training.worker import train_loop_per_worker
+from synth.reader import open_filesystem
 
 # Ray Train's controller declares a worker dead when its health check hangs this long (seconds).
 HEALTH_CHECK_TIMEOUT_ENV = "RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S"
@@ -38,8 +40,6 @@ def fit(
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pipelines.training.worker import train_loop_per_worker
 
     storage_path, storage_filesystem = storage_location(run.storage)
     # Ray Train hands this variable from the driver to its controller; a value the user exported wins.
@@ -83,8 +83,6 @@ class _FailedResult:
 def storage_location(storage: str) -> tuple[str, Any]:
     """``(storage_path, filesystem)`` for ``RunConfig``: local paths as-is, ``s3://`` via pyarrow."""
     if storage.startswith("s3://"):
-        from synth.reader import open_filesystem
-
         filesystem, path = open_filesystem(storage)
         return path, filesystem
     return storage, None

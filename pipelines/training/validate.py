@@ -25,8 +25,11 @@ import torch
 
 from pipelines.training.worker_log import say
 from sas_model.metrics import mask_iou
+from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
+from sas_model.model import SASModel
 from sas_model.overlay import overlay_sheet
-from synth.reader import collate_samples
+from sas_model.segmenter import SequentialSegmenter
+from synth.reader import collate_samples, iter_scenes, scene_to_samples
 
 
 def _prediction_masks(prediction: Any) -> np.ndarray:
@@ -57,8 +60,6 @@ def free_running_summary(
     """Segment ``scenes`` free-running (sampler ``seed``) and score them with ``metrics_report`` (the
     definitions of ``evaluate.py``, instance metrics and AP included); returns the summary and the
     per-scene results."""
-    from sas_model.metrics_report import MetricsAccumulator, ObjectsTruth, score_image
-
     images = np.stack([scene.image for scene in scenes])
     results = segmenter.segment(images, seed=seed, **(sampler_overrides or {}))
     acc = MetricsAccumulator()
@@ -81,9 +82,6 @@ class Validator:
 
     def __init__(self, run: Any, device: torch.device) -> None:
         """``run``: the ``RunConfig`` (its data, model config and ``val_scenes``/``val_free_scenes``)."""
-        from sas_model.model import SASModel
-        from synth.reader import iter_scenes, scene_to_samples
-
         self.device = device
         self.batch_size = VAL_BATCH
         self.sampler_overrides = validation_sampler(run.model.sampler)
@@ -111,8 +109,6 @@ class Validator:
     def run(self, model: torch.nn.Module, ema: Any, step: int, logger: Any) -> dict[str, float]:
         if not self.samples:
             return {}
-        from sas_model.segmenter import SequentialSegmenter
-
         self.eval_model.load_state_dict(ema.state_dict())
         metrics: dict[str, float] = {}
         losses = []

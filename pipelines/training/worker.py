@@ -46,7 +46,12 @@ from pipelines.training.optim import (
     make_optimizer,
     save_trainer_state,
 )
+from pipelines.training.resume import checkpoint_candidates, resolve_init
+from pipelines.training.retry import with_retries
+from pipelines.training.validate import Validator, val_line
 from pipelines.training.worker_log import RankZeroLogger, quiet_ray_train_reports, say
+from sas_model.checkpoint import load_meta, load_model, save_checkpoint
+from sas_model.model import SASModel
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -62,8 +67,6 @@ def upload_checkpoint(checkpoint: Any, dir_name: str) -> Any:
     ``get_storage()`` is the handle Ray's docs name for custom uploads; a retry overwrites what a
     failed copy left.
     """
-    from pipelines.training.retry import with_retries
-
     storage = ray.train.get_context().get_storage()
     return with_retries(
         lambda: storage.persist_current_checkpoint(checkpoint, dir_name),
@@ -104,8 +107,6 @@ def _restore(checkpoint: Any, model: torch.nn.Module, ema: EMA, optimizer: Any) 
     and deletes it when the last reader leaves; when a lost node put both ranks of a restarted worker
     group on one host, a rank read it while the other removed it: EOFError and truncated-zip errors
     on an intact checkpoint, every restart, until the run failed.)"""
-    from sas_model.checkpoint import load_model
-
     with tempfile.TemporaryDirectory(prefix="sas-restore-") as private:
         directory = checkpoint.to_directory(private)
         model.load_state_dict(load_model(directory, use_ema=False, device="cpu").state_dict())
@@ -119,8 +120,6 @@ def _restore_newest_readable(
 ) -> TrainerState:
     """Restore from ``checkpoint``; if it is unreadable (truncated upload, corrupt file), from the
     newest older checkpoint of the run that loads. Every rank walks the same list, so all agree."""
-    from pipelines.training.resume import checkpoint_candidates
-
     for candidate in checkpoint_candidates(checkpoint):
         try:
             return _restore(candidate, model, ema, optimizer)
@@ -134,9 +133,6 @@ def _restore_newest_readable(
 def start_from(init: str, model: torch.nn.Module, ema: EMA) -> str:
     """Load the weights of the checkpoint ``init`` names (``resume.resolve_init``; its EMA weights when
     it has them) into ``model`` and restart ``ema`` from them; returns the folder and its samples."""
-    from pipelines.training.resume import resolve_init
-    from sas_model.checkpoint import load_meta, load_model
-
     path = resolve_init(init)
     model.load_state_dict(load_model(path, use_ema=True, device="cpu").state_dict())
     ema.load_state_dict({k: v.detach().float().clone() for k, v in model.state_dict().items()}, 0)
@@ -145,8 +141,6 @@ def start_from(init: str, model: torch.nn.Module, ema: EMA) -> str:
 
 
 def _save(directory: str, model: torch.nn.Module, ema: EMA, optimizer: Any, state: TrainerState) -> None:
-    from sas_model.checkpoint import save_checkpoint
-
     state.ema_updates = ema.num_updates
     save_checkpoint(
         directory,
@@ -334,15 +328,13 @@ class Worker:
     state: TrainerState
     train_step: TrainStep
     logger: RankZeroLogger
-    validator: Any  # rank 0 with validation on: pipelines.training.validate.Validator
+    validator: Validator | None  # rank 0 with validation on
     augment_rng: torch.Generator
 
 
 def set_up(config: dict[str, Any]) -> Worker:
     """Build this rank's model, EMA and optimiser; restore the newest readable checkpoint (or start from
     ``run.init``); wrap the model for DDP; make the logger and, on rank 0, the validator."""
-    from sas_model.model import SASModel
-
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -379,8 +371,6 @@ def set_up(config: dict[str, Any]) -> Worker:
         say(f"[train] precision: {train_step.precision_label()} (train.precision={tc.precision})")
     validator = None
     if rank == 0 and run.val_every:
-        from pipelines.training.validate import Validator  # rank 0 only: it loads the val scenes
-
         validator = Validator(run, device)
     logger = RankZeroLogger(run.mlflow_uri, run.mlflow_run_id, enabled=rank == 0)
     return Worker(
@@ -485,8 +475,6 @@ def _report_step(w: Worker, step: int, plan: StepPlan) -> None:
         **w.logger.last_train_metrics,
     }
     if plan.validate and w.validator is not None:
-        from pipelines.training.validate import val_line
-
         metrics.update(w.validator.run(w.model, w.ema, step, w.logger))
         say(val_line(step, metrics))
     to_save = (w.model, w.ema, w.optimizer, state) if w.rank == 0 and plan.checkpoint else None

@@ -14,9 +14,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli.files import write_bytes_atomic, write_text_atomic
+from pipelines.cli.files import figure_png, write_bytes_atomic, write_text_atomic
+from pipelines.tracking import registry
 from pipelines.tracking.store import flatten_dict
+from pipelines.training import data, trainer
 from pipelines.tuning import space as tune_space
+from pipelines.tuning.request import Search, TrialSetup, TuneRequest
 from synth.cli import fail
 
 STATUS_TAG = "sas.tune_status"  # on each trial's MLflow run: completed, stopped_early, error, not_run
@@ -145,8 +148,6 @@ def plot_curves(histories: list[dict[str, Any]], metric: str, path: str | Path, 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipelines.cli.files import figure_png  # numpy and matplotlib only when plotting
-
     colours = {
         "linear": "tab:blue",
         "cosine": "tab:orange",
@@ -186,10 +187,10 @@ def _flat_config(cfg: Any) -> dict[str, Any]:
     return flatten_dict(cfg.to_dict())
 
 
-def trial_rows(results: Any, setup: dict[str, Any], metric: str) -> tuple[list[dict], list[dict]]:
+def trial_rows(results: Any, setup: TrialSetup, metric: str) -> tuple[list[dict], list[dict]]:
     """``(rows, histories)`` from a Tune ``ResultGrid``: one table row and one metric curve per trial."""
     rows, histories = [], []
-    max_steps = int(setup["base_config"]["train"]["max_steps"])
+    max_steps = int(setup.base_config["train"]["max_steps"])
     for result in results:
         metrics = dict(result.metrics or {})
         params = dict(result.config or {})
@@ -202,7 +203,7 @@ def trial_rows(results: Any, setup: dict[str, Any], metric: str) -> tuple[list[d
             status = "completed"
         else:
             status = "stopped early"
-        flat = _flat_config(tune_space.trial_config(setup["base_config"], params, setup["prediction_types"]))
+        flat = _flat_config(tune_space.trial_config(setup.base_config, params, setup.prediction_types))
         row = {key: flat[key] for key, _ in TRIAL_COLUMNS if key in flat}
         row.update(
             trial=trial,
@@ -230,18 +231,17 @@ def trial_rows(results: Any, setup: dict[str, Any], metric: str) -> tuple[list[d
     return rank_rows(rows, metric), histories
 
 
-def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_dir, parent_id) -> int:
+def finish(results: Any, search: Search, setup: TrialSetup) -> int:
     """Write the report (table, ranking, plot, best preset), close the MLflow runs, optionally register."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines.tracking import registry
-
-    metric = args.metric
+    request, name, out_dir, parent_id = search.request, search.name, search.out_dir, setup.parent_run_id
+    metric = request.metric
     rows, histories = trial_rows(results, setup, metric)
     client = MlflowClient()
     experiment_id = client.get_run(parent_id).info.experiment_id
     for row in rows:
-        run_dir = f"{setup['base_run']['storage']}/trial-{row['trial']}"
+        run_dir = f"{search.base_run.storage}/trial-{row['trial']}"
         child_id, _ = registry.find_or_create_run(experiment_id, run_dir, f"trial-{row['trial']}")
         row["mlflow_run_id"] = child_id
         child = client.get_run(child_id)
@@ -273,26 +273,26 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
         errors = [row["error"] for row in rows if row["error"]]
         fail(f"no trial produced a validation result{': ' + errors[0] if errors else ''}", code=1)
     best = scored[0]
-    best_cfg = tune_space.trial_config(preset_base.to_dict(), best["params"], setup["prediction_types"])
+    best_cfg = tune_space.trial_config(search.preset_base.to_dict(), best["params"], setup.prediction_types)
     best_cfg = best_cfg.replace(name=f"tuned-{name}")
     best_cfg.validate()
     preset_path = out_dir / "best_preset.json"
     write_text_atomic(preset_path, best_cfg.to_json() + "\n")
     summary = {
         "search": name,
-        "storage": exp_dir,
+        "storage": search.exp_dir,
         "metric": metric,
         "best_trial": best["trial"],
-        "best_params": tune_space.effective_params(best["params"], setup["prediction_types"]),
+        "best_params": tune_space.effective_params(best["params"], setup.prediction_types),
         "best_metrics": {k: best[k] for k in ("val/miou_free", "val/miou_tf", "val/loss", "val/unet_passes")},
         "trained_steps": best["step"],
         "checkpoint_path": best["checkpoint_path"],
         "mlflow_run_id": best["mlflow_run_id"],
         "preset": str(preset_path),
-        "train_command": f"python pipelines/train.py --data {args.data} --preset {preset_path}",
+        "train_command": f"python pipelines/train.py --data {request.data} --preset {preset_path}",
     }
-    if args.register and best["checkpoint_path"]:
-        summary["registered"] = _register(best, args, setup, metric)
+    if request.register and best["checkpoint_path"]:
+        summary["registered"] = _register(best, request, setup.data_path)
     write_text_atomic(out_dir / "best_trial.json", json.dumps(summary, indent=2, default=str) + "\n")
 
     client.log_artifacts(parent_id, str(out_dir), "report")
@@ -312,12 +312,9 @@ def finish(results, args, space, plan, setup, preset_base, name, exp_dir, out_di
     return 0
 
 
-def _register(best: dict[str, Any], args: Any, setup: dict[str, Any], metric: str) -> dict[str, Any]:
+def _register(best: dict[str, Any], request: TuneRequest, data_path: str) -> dict[str, Any]:
     """Log the best trial's last checkpoint as a pyfunc in its child run and register it."""
     import ray.train
-
-    from pipelines.tracking import registry
-    from pipelines.training import data, trainer
 
     path, filesystem = (
         trainer.storage_location(best["checkpoint_path"])
@@ -329,9 +326,9 @@ def _register(best: dict[str, Any], args: Any, setup: dict[str, Any], metric: st
         return registry.log_and_register(
             best["mlflow_run_id"],
             checkpoint_dir,
-            data.example_image(setup["data_path"]),
-            args.register_name,
+            data.example_image(data_path),
+            request.register_name,
             "val/miou_free",
             best.get("val/miou_free"),
-            args.alias_policy,
+            request.alias_policy,
         )

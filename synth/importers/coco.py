@@ -265,8 +265,29 @@ def scene_from_record(
     record: dict, images_root: str, size: int, report: ImportReport, drop_stuff: bool = False
 ) -> Scene | None:
     """One image's scene (None, with the reason in ``report``, when it cannot be imported)."""
-    file_name = record["file_name"]
-    label = f"image {record['scene_id']} ({file_name})"
+    label = f"image {record['scene_id']} ({record['file_name']})"
+    image = _read_image(record["file_name"], images_root, label, report)
+    if image is None:
+        return None
+    height, width = image.shape[:2]
+    objects = record["objects"]
+    keep = _objects_to_keep(objects, drop_stuff, label, report)
+    try:
+        kept, amodal_full, visible = _decode_objects(objects, keep, height, width, label, report)
+    except AnnotationError as exc:
+        report.skip("bad_annotation", f"{label}: {exc}")
+        return None
+    if not kept:
+        report.skip("no_objects", f"{label}: no annotated objects")
+        return None
+    depth = _object_depths(record, kept, amodal_full, visible, label, report)
+    if depth is None:
+        return None
+    return _scene_at_size(record, image, amodal_full, depth, size, label, report)
+
+
+def _read_image(file_name: Any, images_root: str, label: str, report: ImportReport) -> np.ndarray | None:
+    """The image's RGB pixels (None, with the reason in ``report``, when unsafe, missing or unreadable)."""
     problem = unsafe_file_name(file_name)
     if problem:
         report.skip("unsafe_path", f"{label}: {problem}")
@@ -276,12 +297,14 @@ def scene_from_record(
         report.skip("missing_image", f"{label}: not found under {images_root}")
         return None
     try:
-        image = read_rgb(path)
+        return read_rgb(path)
     except (OSError, Image.DecompressionBombError) as exc:
         report.skip("unreadable_image", f"{label}: {one_line(exc)}")
         return None
-    height, width = image.shape[:2]
-    objects = record["objects"]
+
+
+def _objects_to_keep(objects: list[dict], drop_stuff: bool, label: str, report: ImportReport) -> list[int]:
+    """Indices of the objects to import: crowd regions (and, with ``drop_stuff``, stuff) are dropped."""
     keep = []
     for i, obj in enumerate(objects):
         if obj.get("crowd"):
@@ -290,14 +313,20 @@ def scene_from_record(
             report.warn("stuff_dropped", f"{label}: object {_name(obj, i)}")
         else:
             keep.append(i)
-    try:
-        kept, amodal_full, visible = _decode_objects(objects, keep, height, width, label, report)
-    except AnnotationError as exc:
-        report.skip("bad_annotation", f"{label}: {exc}")
-        return None
-    if not kept:
-        report.skip("no_objects", f"{label}: no annotated objects")
-        return None
+    return keep
+
+
+def _object_depths(
+    record: dict,
+    kept: list[int],
+    amodal_full: np.ndarray,
+    visible: list[np.ndarray | None],
+    label: str,
+    report: ImportReport,
+) -> np.ndarray | None:
+    """Depth per kept object (0 = front) from the constraints, ranks and visible masks; None, with the
+    reason in ``report``, when the order has a cycle."""
+    objects = record["objects"]
     constraints, bad = parse_constraints(record.get("constraints"), objects)
     if bad:
         report.warn("bad_constraint", f"{label}: {bad} depth constraint(s) name unknown objects", count=bad)
@@ -332,8 +361,22 @@ def scene_from_record(
             f"{label}: {contradicted} pair(s) ordered against their visible masks",
             count=contradicted,
         )
+    return order.depth
+
+
+def _scene_at_size(
+    record: dict,
+    image: np.ndarray,
+    amodal_full: np.ndarray,
+    depth: np.ndarray,
+    size: int,
+    label: str,
+    report: ImportReport,
+) -> Scene | None:
+    """The scene at ``size``×``size``: objects that vanish there are left out (and the depths of the
+    rest renumbered); None, with the reason in ``report``, when none is left."""
     amodal_small = resize_masks(amodal_full, size)
-    present = amodal_small.reshape(len(kept), -1).any(axis=1)
+    present = amodal_small.reshape(len(amodal_full), -1).any(axis=1)
     if not present.any():
         report.skip("no_objects", f"{label}: every object vanishes at {size}x{size}")
         return None
@@ -343,7 +386,7 @@ def scene_from_record(
             f"{label}: {int((~present).sum())} object(s) gone at {size}x{size}",
             count=int((~present).sum()),
         )
-    depth = np.argsort(np.argsort(order.depth[present], kind="stable"), kind="stable")
+    depth = np.argsort(np.argsort(depth[present], kind="stable"), kind="stable")
     return scene_from_masks(
         record["scene_id"],
         record["split"],

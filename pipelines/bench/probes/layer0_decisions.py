@@ -51,7 +51,9 @@ def _mean(values: list[int]) -> float:
 def main() -> None:
     ap = scene_probe.parser(__doc__, scenes=256)
     args = ap.parse_args()
-    segmenter, scenes = scene_probe.load(args)
+    segmenter, scenes = scene_probe.load(
+        args.model, args.data, split=args.split, scenes=args.scenes, threads=args.threads
+    )
     images = np.stack([s.image for s in scenes])
     pred = segmenter.predict_layer(images, np.zeros(images.shape[:3], dtype=bool), seed=0)
     split: dict[str, list[int]] = {}

@@ -46,7 +46,9 @@ def main() -> None:
     ap = scene_probe.parser(__doc__, scenes=64)
     ap.add_argument("--sampler", nargs="*", type=parse_override, default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    segmenter, scenes = scene_probe.load(args)
+    segmenter, scenes = scene_probe.load(
+        args.model, args.data, split=args.split, scenes=args.scenes, threads=args.threads
+    )
     summary, results = free_running_summary(segmenter, scenes, seed=0, sampler_overrides=dict(args.sampler))
     cases: Counter[str] = Counter()
     by_true_layer: dict[str, Counter[str]] = {}

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from sas_model.config import CueConfig
-from sas_model.occlusion import OcclusionCues, cue_targets
+from sas_model.occlusion import OcclusionCues, cue_loss, cue_targets
 from synth.families import family_config
 from synth.layering import occlusion_maps
 from synth.render import render_scenes
@@ -121,8 +121,6 @@ for step in range(1, a.steps + 1):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         o = fwd(x)
     if a.arch == "cue":
-        from sas_model.occlusion import cue_loss
-
         terms = cue_loss(o, t, junction_weight=cc.junction_weight)
         if not cc.pool:
             terms.pop("region")

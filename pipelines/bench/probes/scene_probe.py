@@ -26,9 +26,12 @@ def parser(doc: str, scenes: int) -> argparse.ArgumentParser:
     return ap
 
 
-def load(args: argparse.Namespace) -> tuple[SequentialSegmenter, list[Any]]:
-    """The model's segmenter (EMA weights, CPU) and the first ``--scenes`` scenes that have instances."""
-    torch.set_num_threads(args.threads)
-    segmenter = SequentialSegmenter(load_model(resolve_model(args.model).checkpoint_dir), device="cpu")
-    scenes = iter_scenes(args.data, split=args.split)
-    return segmenter, [s for s in islice(scenes, args.scenes) if s.has_instances]
+def load(
+    model: str, data: str, *, split: str, scenes: int, threads: int
+) -> tuple[SequentialSegmenter, list[Any]]:
+    """The segmenter of ``model`` (a checkpoint, run folder or registry URI; EMA weights, CPU, ``threads``
+    torch threads) and the first ``scenes`` scenes of ``data``'s ``split`` that have instances."""
+    torch.set_num_threads(threads)
+    segmenter = SequentialSegmenter(load_model(resolve_model(model).checkpoint_dir), device="cpu")
+    found = iter_scenes(data, split=split)
+    return segmenter, [s for s in islice(found, scenes) if s.has_instances]
