@@ -31,14 +31,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 from pipelines.cli.env import apply_env_defaults
-from pipelines.inference.options import add_model_args, add_resource_args, add_sampler_args, sampler_overrides
-from pipelines.inference.request import EvalRequest, field_default, request_from_flags
-from synth.cli import UserError, fail, parse_number
-
-D = partial(field_default, EvalRequest)  # a flag's default is the request field's
+from pipelines.cli.flags import add_flags, from_flags
+from pipelines.inference.options import add_model_args, add_sampler_args, sampler_overrides
+from pipelines.inference.request import EvalRequest
+from synth.cli import UserError, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,54 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_args(parser, repeatable=True)
     parser.add_argument("--data", required=True, help="dataset directory or s3:// URI written by synth")
-    parser.add_argument("--split", default=D("split"), help="train, val or test (default test)")
-    parser.add_argument("--limit", type=parse_number, help="evaluate only the first N scenes of the split")
-    parser.add_argument("--out", default=D("out"), help="report folder (default outputs/eval)")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
-    parser.add_argument(
-        "--coco-out",
-        metavar="DIR",
-        help="write ground truth and each model's detections as COCO JSON (amodal masks, RLE) to DIR",
-    )
     add_sampler_args(parser)
-    add_resource_args(parser)
-    parser.add_argument(
-        "--no-teacher-forced", action="store_true", help="skip teacher-forced IoU and stop accuracy (faster)"
-    )
-    parser.add_argument(
-        "--sweep-passes",
-        action="store_true",
-        help="mIoU against UNet passes per image (DDPM-1000, DDIM 100/50/20/10, DPM++2M 20/10) for one model",
-    )
-    parser.add_argument(
-        "--sweep", metavar="SAMPLER:STEPS,...", help="custom sweep settings, e.g. ddim:10,dpmpp2m:10"
-    )
-    parser.add_argument("--sweep-limit", type=parse_number, help="scenes for the sweep (default --limit)")
-    parser.add_argument(
-        "--workers", type=int, default=D("workers"), help="Ray Data actors holding a model (default 1)"
-    )
-    parser.add_argument("--batch", type=int, default=D("batch"), help="scenes per actor batch (default 16)")
-    parser.add_argument(
-        "--sheet-rows", type=int, default=D("sheet_rows"), help="scenes in the overlay sheet (default 8)"
-    )
-    parser.add_argument(
-        "--experiment", default=D("experiment"), help=f"MLflow experiment (default {D('experiment')})"
-    )
-    parser.add_argument("--run-name", help="MLflow run name")
-    parser.add_argument("--no-mlflow", action="store_true", help="write the report files only")
+    add_flags(parser, EvalRequest, skip=("seed",))
     return parser
 
 
 def request_from_args(args: argparse.Namespace) -> EvalRequest:
     """The typed request the flags describe (validated: one-line ``UserError`` on a bad value)."""
     flags = vars(args)
-    return request_from_flags(
-        EvalRequest,
-        flags,
-        models=tuple(args.model),
-        sampler=sampler_overrides(flags),
-        teacher_forced=not args.no_teacher_forced,
-        mlflow=not args.no_mlflow,
+    return from_flags(
+        EvalRequest, flags, models=tuple(args.model), data=args.data, sampler=sampler_overrides(flags)
     )
 
 

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from functools import partial
 
 from pipelines.cli.env import apply_env_defaults
-from pipelines.inference.options import add_model_args, add_resource_args, add_sampler_args, sampler_overrides
-from pipelines.inference.request import PredictRequest, field_default, request_from_flags
-from synth.cli import UserError, fail, parse_number
-
-D = partial(field_default, PredictRequest)  # a flag's default is the request field's
+from pipelines.cli.flags import add_flags, from_flags
+from pipelines.inference.options import add_model_args, add_sampler_args, sampler_overrides
+from pipelines.inference.request import PredictRequest
+from synth.cli import UserError, fail
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,23 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     parser.add_argument("--input", required=True, help="image folder/file or Parquet, local or s3://")
     parser.add_argument("--out", required=True, help="output folder (local)")
-    parser.add_argument("--limit", type=parse_number, help="only the first N inputs")
-    parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
     add_sampler_args(parser)
-    add_resource_args(parser)
-    parser.add_argument(
-        "--workers", type=int, default=D("workers"), help="Ray Data actors holding a model (default 1)"
-    )
-    parser.add_argument("--batch", type=int, default=D("batch"), help="images per actor batch (default 16)")
+    add_flags(parser, PredictRequest, skip=("seed",))
     return parser
 
 
 def request_from_args(args: argparse.Namespace) -> PredictRequest:
     """The typed request the flags describe (validated: one-line ``UserError`` on a bad value)."""
     flags = vars(args)
-    return request_from_flags(
+    return from_flags(
         PredictRequest,
         flags,
+        input=args.input,
+        out=args.out,
+        model=args.model,
         sampler=sampler_overrides(flags),
     )
 

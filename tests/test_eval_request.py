@@ -3,30 +3,23 @@ validated once, and below the entry script only the request travels (no ``argpar
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
+from pipelines.cli.flags import mismatched_defaults
 from pipelines.evaluate import build_parser, request_from_args
-from pipelines.inference.request import EvalRequest, field_default
+from pipelines.inference.request import EvalRequest
 from synth.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-# request field -> flag destination, where the names differ
-RENAMED = {"models": "model", "teacher_forced": "no_teacher_forced", "mlflow": "no_mlflow", "sampler": None}
 
 
 def test_every_flag_defaults_to_its_request_field():
-    defaults = vars(build_parser().parse_args(["--model", "m", "--data", "d"]))
-    for spec in dataclasses.fields(EvalRequest):
-        dest = RENAMED.get(spec.name, spec.name)
-        if dest is None or spec.name in ("models", "data"):
-            continue
-        if spec.name in ("teacher_forced", "mlflow"):  # switched off by --no-... flags
-            assert defaults[dest] is (not field_default(EvalRequest, spec.name)), spec.name
-        else:
-            assert defaults[dest] == field_default(EvalRequest, spec.name), spec.name
+    assert mismatched_defaults(build_parser(), EvalRequest) == []
+    request = request_from_args(build_parser().parse_args(["--model", "m", "--data", "d"]))
+    assert request == EvalRequest(models=("m",), data="d")  # no flag given: every field's default
+    assert request.teacher_forced and request.mlflow  # switched off by --no-... flags
 
 
 def test_the_request_is_built_once_from_the_flags():
@@ -80,11 +73,8 @@ def test_every_predict_flag_defaults_to_its_request_field():
     from pipelines.predict import build_parser as predict_parser
     from pipelines.predict import request_from_args as predict_request
 
+    assert mismatched_defaults(predict_parser(), PredictRequest) == []
     args = predict_parser().parse_args(["--input", "i", "--out", "o"])
-    defaults = vars(args)
-    for spec in dataclasses.fields(PredictRequest):
-        if spec.name not in ("input", "out", "sampler"):
-            assert defaults[spec.name] == field_default(PredictRequest, spec.name), spec.name
     assert predict_request(args) == PredictRequest(input="i", out="o")
     with pytest.raises(UserError, match="--limit must be at least 1"):
         predict_request(predict_parser().parse_args(["--input", "i", "--out", "o", "--limit", "0"]))

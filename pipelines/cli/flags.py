@@ -134,11 +134,12 @@ def field_defaults(cls: type) -> dict[str, Any]:
 
 
 def mismatched_defaults(parser: argparse.ArgumentParser, *classes: type) -> list[str]:
-    """The flags of ``parser`` named like a field of one of ``classes`` whose default differs from
-    the field's (empty when each default has one home)."""
+    """The flags of ``parser`` for an ``option`` field of one of ``classes`` whose default differs
+    from the field's (empty when each default has one home). A flag named like a plain field (the
+    ``--sampler`` name beside ``EvalRequest.sampler``, the overrides dict) is another thing."""
     fields: dict[str, Any] = {}
     for cls in classes:
-        fields.update(field_defaults(cls))
+        fields.update({f.name: field_default(f) for f in flag_fields(cls)})
     return sorted(
         f"--{dest}: flag {value!r} != field {fields[dest]!r}"
         for dest, value in flag_defaults(parser).items()

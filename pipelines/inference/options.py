@@ -10,7 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pipelines.cli.flags import add_flags
 from pipelines.inference.models import ModelSource, inference_device
+from pipelines.inference.request import InferenceRequest
 from sas_model.config import PRECISIONS, ModelConfig  # no torch import: the CLIs' --help stays fast
 from synth.cli import UserError
 
@@ -40,9 +42,6 @@ def add_model_args(parser: argparse.ArgumentParser, repeatable: bool = False) ->
             metavar="URI",
             help=help_text + " (default: models:/sas@champion, else the shipped model in models/pretrained)",
         )
-    parser.add_argument(
-        "--mlflow-uri", help="tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)"
-    )
 
 
 def add_sampler_args(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +55,7 @@ def add_sampler_args(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         help="autocast dtype of the UNet passes (auto: bf16 where the GPU or CPU has it natively, else fp32)",
     )
-    group.add_argument("--seed", type=int, default=0, help="sampling seed (per image; default 0)")
+    add_flags(group, InferenceRequest, only=("seed",))
 
 
 def sampler_overrides(flags: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,25 +86,6 @@ def actor_pool(workers: int) -> Any:
 
 
 # ---- GPUs for the inference actors -----------------------------------------------------------------
-def add_resource_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--gpus-per-worker",
-        type=float,
-        default=None,
-        metavar="N",
-        help="GPUs each model actor requests (fractions share a GPU; default: 1 when the Ray cluster "
-        "has GPUs, else 0)",
-    )
-    parser.add_argument(
-        "--progress-every",
-        type=int,
-        default=0,
-        metavar="N",
-        help="when stdout is not a terminal (logs, CI): one progress line every N items "
-        "(default 0: about every 10 %%)",
-    )
-
-
 def cluster_gpus() -> float:
     """GPUs Ray sees in the cluster (0 when none)."""
     import ray

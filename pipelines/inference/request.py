@@ -4,32 +4,22 @@ returns), typed.
 A request is built once from the command line (``evaluate.request_from_args``,
 ``predict.request_from_args``) and validated there; below the entry script only it travels
 (``inference.evaluation``, ``inference.eval_report``, ``inference.prediction``).
-Its field defaults are the flags' defaults (``field_default``), so each default has one home.
+The fields declared with ``option`` are the flags (``pipelines.cli.flags``): name, default and help
+have their one home here. ``models``/``model``, ``data``, ``input`` and ``out`` of predict, and the
+sampler overrides are flags of their own (``inference.options``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from synth.cli import UserError
+from pipelines.cli.flags import option
+from synth.cli import UserError, parse_number
 
 EXPERIMENT = "sas-eval"
 SAMPLER_TITLE_KEYS = ("name", "steps", "ensemble_size", "consensus")  # shown in a table's title
-R = TypeVar("R", bound="InferenceRequest")
-
-
-def field_default(cls: type, name: str) -> Any:
-    """The default of dataclass ``cls``'s field ``name`` (what the matching flag defaults to)."""
-    spec = cls.__dataclass_fields__[name]
-    if spec.default is not dataclasses.MISSING:
-        return spec.default
-    if spec.default_factory is not dataclasses.MISSING:
-        return spec.default_factory()
-    raise KeyError(f"{cls.__name__}.{name} has no default")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,15 +29,26 @@ class InferenceRequest:
     the model-holding actors (``gpus_per_worker`` None: 1 when the Ray cluster has GPUs, else 0), the
     first ``limit`` inputs only, S3 and MLflow endpoints, and the progress-line interval."""
 
-    limit: int | None = None
-    s3_endpoint: str | None = None
+    limit: int | None = option(None, "only the first N scenes or images", parse=parse_number)
+    s3_endpoint: str | None = option(None, "S3-compatible endpoint URL (else AWS_ENDPOINT_URL)")
     sampler: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    gpus_per_worker: float | None = None
-    progress_every: int = 0
-    workers: int = 1
-    batch: int = 16
-    mlflow_uri: str | None = None
+    seed: int = option(0, "sampling seed (per image)", parse=int)
+    gpus_per_worker: float | None = option(
+        None,
+        "GPUs each model actor requests (fractions share a GPU; default: 1 when the Ray cluster has GPUs, "
+        "else 0)",
+        parse=float,
+        metavar="N",
+    )
+    progress_every: int = option(
+        0,
+        "when stdout is not a terminal (logs, CI): one progress line every N items (0: about every 10 %%)",
+        parse=int,
+        metavar="N",
+    )
+    workers: int = option(1, "Ray Data actors holding a model", parse=int)
+    batch: int = option(16, "scenes or images per actor batch", parse=int)
+    mlflow_uri: str | None = option(None, "tracking URI (default $MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
 
     def validate(self) -> InferenceRequest:
         """Itself, or a one-line ``UserError`` naming the flag to fix (no Ray, no model loaded)."""
@@ -60,15 +61,6 @@ class InferenceRequest:
         return self
 
 
-def request_from_flags(cls: type[R], flags: Mapping[str, Any], **values: Any) -> R:
-    """A validated ``cls`` whose fields are taken from the same-named ``flags`` (``vars(args)``),
-    except those given in ``values`` (the fields whose flag has another name or form)."""
-    taken = {
-        f.name: flags[f.name] for f in dataclasses.fields(cls) if f.name in flags and f.name not in values
-    }
-    return cls(**taken, **values).validate()
-
-
 @dataclass(frozen=True, kw_only=True)
 class EvalRequest(InferenceRequest):
     """One evaluation: which models (``[LABEL=]URI``), on which scenes, where reported, whether
@@ -76,17 +68,26 @@ class EvalRequest(InferenceRequest):
 
     models: tuple[str, ...]
     data: str
-    split: str = "test"
-    out: str = "outputs/eval"
-    coco_out: str | None = None
-    teacher_forced: bool = True
-    sweep_passes: bool = False
-    sweep: str | None = None
-    sweep_limit: int | None = None
-    sheet_rows: int = 8
-    experiment: str = EXPERIMENT
-    run_name: str | None = None
-    mlflow: bool = True
+    split: str = option("test", "train, val or test")
+    out: str = option("outputs/eval", "report folder")
+    coco_out: str | None = option(
+        None,
+        "write ground truth and each model's detections as COCO JSON (amodal masks, RLE) to DIR",
+        metavar="DIR",
+    )
+    teacher_forced: bool = option(True, "skip teacher-forced IoU and stop accuracy (faster)")
+    sweep_passes: bool = option(
+        False,
+        "mIoU against UNet passes per image (DDPM-1000, DDIM 100/50/20/10, DPM++2M 20/10) for one model",
+    )
+    sweep: str | None = option(
+        None, "custom sweep settings, e.g. ddim:10,dpmpp2m:10", metavar="SAMPLER:STEPS,..."
+    )
+    sweep_limit: int | None = option(None, "scenes for the sweep (default --limit)", parse=parse_number)
+    sheet_rows: int = option(8, "scenes in the overlay sheet", parse=int)
+    experiment: str = option(EXPERIMENT, "MLflow experiment")
+    run_name: str | None = option(None, "MLflow run name")
+    mlflow: bool = option(True, "write the report files only")
 
     def validate(self) -> EvalRequest:
         super().validate()
