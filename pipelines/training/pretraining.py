@@ -23,12 +23,12 @@ from pipelines.cli.args import parse_override
 from pipelines.cli.flags import option
 from pipelines.training.augment import perturb_cumulative_mask
 from pipelines.training.card import SHIP_LIMIT_BYTES, example_sheet, write_model_card
+from pipelines.training.config import model_config
 from pipelines.training.local import LocalState, ema_model
 from pipelines.training.optim import EMA, TrainStep, lr_at, make_optimizer
 from pipelines.training.scenes import SampleStream, SceneMix, val_scenes
 from pipelines.training.validate import free_running_summary
 from sas_model.checkpoint import CONFIG_FILE, META_FILE, MODEL_FILE, load_segmenter, save_checkpoint
-from sas_model.config import ModelConfig
 from sas_model.model import SASModel
 from sas_model.segmenter import SequentialSegmenter
 from synth.cli import UserError
@@ -135,9 +135,7 @@ class Run:
 
     def __init__(self, request: PretrainRequest) -> None:
         self.request, self.out = request, Path(request.out)
-        preset = request.preset
-        cfg = ModelConfig.load(preset) if preset.endswith(".json") else ModelConfig.preset(preset)
-        cfg = cfg.replace(**dict(parse_override(item) for item in request.overrides))
+        cfg = model_config(request.preset, dict(parse_override(item) for item in request.overrides))
         changes = {"train.ema_decay": request.ema, "train.warmup_steps": request.warmup}
         if request.batch:
             changes["train.batch_size"] = request.batch
