@@ -89,6 +89,18 @@ def test_the_console_leaves_out_rays_known_notices_and_only_them() -> None:
     assert shown.hidden == 8
 
 
+def test_a_later_traceback_of_a_process_that_printed_a_notice_is_shown() -> None:
+    shown = stages.NoticeFilter()
+    prefix = "\x1b[36m(TrainController pid=16885)\x1b[0m "
+    own = [
+        "Traceback (most recent call last):",
+        '  File "pipelines/training/worker.py", line 3, in loop',
+        "RuntimeError: worker group failed",
+    ]
+    lines = [*RAY_LINES[:4], *(prefix + line for line in own)]
+    assert [line for line in lines if shown.shows(line)] == [prefix + line for line in own]
+
+
 def test_metrics_table_reads_the_evaluation_summary(tmp_path) -> None:
     summary = {"summaries": {"model": {"images": 200, "iou_free/layer0": 0.7, "trivial/layer0": 0.5}}}
     (tmp_path / "summary.json").write_text(json.dumps(summary))

@@ -76,6 +76,8 @@ def test_every_train_and_tune_flag_default_has_one_home():
     assert mismatched_defaults(tune.build_parser(), TuneRequest) == []
     defaults = vars(train.build_parser().parse_args(["--data", "d"]))
     for f in flag_fields(RunConfig) + flag_fields(TrainRequest):
+        if f.name in ("val_every", "ckpt_every"):  # None: the preset's cadence (tested below)
+            continue
         assert defaults[f.name] == getattr(_request(), f.name, getattr(_request().run, f.name, None)), f.name
 
 
@@ -126,3 +128,27 @@ def test_model_config_is_the_one_builder_of_a_runs_model(tmp_path):
         model_config(str(tmp_path / "missing.json"))
     with pytest.raises(train.UserError, match=r"bad config \(tiny\)"):
         model_config("tiny", {"train.lr": -1.0})
+
+
+def test_validation_and_checkpoint_cadence_is_the_presets_unless_given():
+    from pipelines.training.config import CADENCE
+
+    for preset in ("tiny", "small", "paper"):
+        run = RunConfig(model=ModelConfig.preset(preset), data_path="d", name="r")
+        assert run.val_every == run.ckpt_every == CADENCE[preset]
+    assert (_request().run.val_every, _request("--preset", "paper").run.ckpt_every) == (250, 5000)
+    assert _request("--val-every", "0", "--ckpt-every", "7").run.val_every == 0
+    assert _request("--ckpt-every", "7").run.ckpt_every == 7
+
+
+def test_a_search_saved_with_retired_config_keys_still_resumes(tmp_path):
+    from pipelines.tuning.search import SEARCH_STATE_FILE, check_resume
+
+    config = ModelConfig.preset("tiny").to_dict()
+    old = json.loads(json.dumps(config))
+    old["train"].update(val_every=250, ckpt_every=250, seed=0)  # what a search saved before #28 holds
+    state = {"space": {"a": 1}, "base_config": config, "trials": 2}
+    (tmp_path / SEARCH_STATE_FILE).write_text(json.dumps({**state, "base_config": old}))
+    assert check_resume(str(tmp_path), state) is True
+    with pytest.raises(train.UserError, match="another trials"):
+        check_resume(str(tmp_path), {**state, "trials": 3})

@@ -69,7 +69,8 @@ RAY_NOTICES = (
         r"gcs_actor_scheduler\.cc:\d+: Failed to kill actor NIL_ID, return status: Invalid: KillActor RPC"
     ),
 )
-RAY_REPEATED = re.compile(r"\s*(?:\x1b\[\d+m)?\[repeated \d+x across cluster\](?:\x1b\[0m)?\s*$")
+EXCEPTION_LINE = re.compile(r"^[\w.]+(Error|Exception)\b")
+RAY_REPEATED = re.compile(r"\s*(?:\x1b\[\d+m)?\s*\[repeated \d+x across cluster\](?:\x1b\[0m)?\s*$")
 RAY_PREFIX = re.compile(r"^(?:\x1b\[\d+m)?\(([^)]*pid=\d+[^)]*)\)(?:\x1b\[0m)?\s?")
 
 
@@ -99,6 +100,11 @@ class MainJobOptions:
     name: str | None = option(None, "training run name (default main-<preset>-<family>)")
     storage: str = option("runs", "Ray Train storage of the training run, local or s3://")
     val_scenes: int = option(64, "validation scenes of the training run", parse=parse_number)
+    val_every: int | None = option(
+        None,
+        "steps between the training run's validations (default: the preset's cadence)",
+        parse=parse_number,
+    )
     eval_scenes: int = option(200, "test scenes to evaluate", parse=parse_number)
     predict_images: int = option(8, "images to predict", parse=parse_number)
     mlflow_uri: str | None = option(None, "tracking URI (default ./mlruns/mlflow.db)")
@@ -123,35 +129,38 @@ class MainJobOptions:
 # ---- one stage --------------------------------------------------------------------------------
 class NoticeFilter:
     """Decides, line by line, whether a stage's output line goes to the console: not a ``RAY_NOTICES``
-    line, nor the traceback that follows it from the same Ray process (also when Ray's log
-    deduplication prints that traceback's lines later as ``[repeated Nx across cluster]``)."""
+    line, nor the one traceback that follows it from the same Ray process (up to its exception line),
+    nor a line Ray's log deduplication repeats later (``[repeated Nx across cluster]``) whose text was
+    left out before. Anything else, a later traceback of the same process included, is shown."""
 
     def __init__(self) -> None:
         self.hidden = 0
         self._process: str | None = None  # the Ray process whose notice's traceback is being skipped
-        self._noticed: set[str | None] = set()  # every process that printed a notice
+        self._texts: set[tuple[str | None, str]] = set()  # (process, text) of every line left out
 
     def shows(self, line: str) -> bool:
         prefix = RAY_PREFIX.match(line)
         process = prefix.group(1) if prefix else None
         text = line[prefix.end() :] if prefix else line
         repeated = RAY_REPEATED.search(text)
-        text = text[: repeated.start()] if repeated else text
+        text = (text[: repeated.start()] if repeated else text).rstrip("\n")
         if any(notice.search(text) for notice in RAY_NOTICES):
             self._process = process
-            self._noticed.add(process)
-        elif not (
-            _continues_traceback(text)
-            and (process == self._process is not None or (repeated and process in self._noticed))
-        ):
+        elif repeated and (process, text) in self._texts:
+            pass
+        elif self._process is not None and process == self._process and _continues_traceback(text):
+            if EXCEPTION_LINE.match(text):  # the notice's traceback ends here
+                self._process = None
+        else:
             self._process = None
             return True
+        self._texts.add((process, text))
         self.hidden += 1
         return False
 
 
 def _continues_traceback(text: str) -> bool:
-    return text.startswith(("Traceback ", " ", "\t")) or bool(re.match(r"^[\w.]+(Error|Exception)\b", text))
+    return text.startswith(("Traceback ", " ", "\t")) or bool(EXCEPTION_LINE.match(text))
 
 
 def run_stage(title: str, argv: list[str], times: dict[str, float], log_dir: Path | None = None) -> list[str]:
@@ -247,6 +256,8 @@ def train_command(options: MainJobOptions, result: Path) -> list[str]:
     argv += ["--alias-policy", "better"]
     argv += ["--init", options.init, "--steps", str(steps), "--val-scenes", str(options.val_scenes)]
     argv += ["--val-free-scenes", str(options.val_scenes), *_mlflow(options)]
+    if options.val_every is not None:
+        argv += ["--val-every", str(options.val_every)]
     for item in ([f"train.lr={FINE_TUNE_LR}"] if fine_tune else []) + list(options.overrides):
         argv += ["--set", item]
     return argv + ["--result", str(result)]

@@ -61,7 +61,8 @@ def prepare(request: TrainRequest, started: float) -> Launch:
     resume_from = resume.check_compatible(run_dir, run.model)  # raises UserError on a mismatch
     init_from = resume.check_init(run.init, run.model) if resume_from is None else None
 
-    if init_ray() == "cluster" and run.storage != request.run.storage:
+    relative = "://" not in request.run.storage and not Path(request.run.storage).is_absolute()
+    if init_ray() == "cluster" and relative:
         print(f"[train] note: --storage {request.run.storage} is relative; on a cluster it is {run.storage}")
     import ray
 

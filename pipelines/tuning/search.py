@@ -94,6 +94,8 @@ def check_resume(exp_dir: str, state: dict[str, Any]) -> bool:
         resume.write_storage_text(f"{exp_dir}/{SEARCH_STATE_FILE}", json.dumps(state, indent=2))
         return False
     before = json.loads(saved)
+    if isinstance(before.get("base_config"), dict):  # a search saved before a config key was retired
+        before["base_config"] = ModelConfig.from_dict(before["base_config"]).to_dict()
     for key in ("space", "base_config", "trials"):
         if json.loads(json.dumps(before.get(key))) != json.loads(json.dumps(state.get(key))):
             raise UserError(
