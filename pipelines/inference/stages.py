@@ -277,7 +277,7 @@ def run(options: MainJobOptions) -> int:
     run_stage(
         "preview", ["synth/preview.py", data, "--n", "12", "--out", str(out / "preview.png")], times, logs
     )
-    train_result = out / "stages" / "train.json"
+    train_result = logs / "train.json"
     train_result.unlink(missing_ok=True)  # a stale file must not name an old model
     run_stage("train", train_command(options, train_result), times, logs)
     model_uri = trained_model_uri(train_result, REGISTER_NAME)
